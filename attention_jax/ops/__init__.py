@@ -1,0 +1,25 @@
+"""Pure attention functions: arrays in, arrays out. No Flax, no state, no config."""
+
+from attention_jax.ops.attention import IMPLEMENTATIONS
+from attention_jax.ops.attention import additive_attention
+from attention_jax.ops.attention import attention_weights
+from attention_jax.ops.attention import dot_product_attention
+from attention_jax.ops.attention import masked_softmax
+from attention_jax.ops.masks import causal_mask
+from attention_jax.ops.masks import length_mask
+from attention_jax.ops.masks import padding_mask
+from attention_jax.ops.positions import apply_rotary
+from attention_jax.ops.positions import sinusoidal_positions
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "additive_attention",
+    "apply_rotary",
+    "attention_weights",
+    "causal_mask",
+    "dot_product_attention",
+    "length_mask",
+    "masked_softmax",
+    "padding_mask",
+    "sinusoidal_positions",
+]

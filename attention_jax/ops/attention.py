@@ -1,0 +1,269 @@
+"""Scaled dot-product attention and additive (Bahdanau) attention as pure JAX functions.
+
+Layout (that of ``jax.nn.dot_product_attention``, so users can swap one for the other):
+  query ``[batch..., q_len, heads, head_dim]``, key ``[batch..., kv_len, kv_heads, head_dim]``,
+  value ``[batch..., kv_len, kv_heads, v_dim]``; ``heads % kv_heads == 0`` gives multi-query /
+  grouped-query attention (query head ``h`` reads key/value head ``h // (heads // kv_heads)``).
+
+Masks are boolean with ``True`` = may attend, and are combined as booleans (never as added large
+negatives, which overflow in bf16/fp16). Softmax statistics run in float32 whatever the input dtype.
+A query whose keys are all masked gets zero output and zero gradients, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax.ops import masks as masks_lib
+from attention_jax.ops import validation
+
+Array = jax.Array
+
+IMPLEMENTATIONS: tuple[str, ...] = ("reference",)
+
+
+def masked_softmax(logits, mask=None, axis: int = -1) -> Array:
+  """Softmax in float32 that gives an all-zero row (and zero gradients) where every entry is masked.
+
+  Args:
+    logits: any float array.
+    mask: bool, broadcastable to ``logits``; ``True`` = keep.
+    axis: the axis to normalise over.
+
+  Returns:
+    float32 weights of ``logits``' shape; each row sums to 1, or to 0 if fully masked.
+  """
+  logits = jnp.asarray(logits).astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=axis, keepdims=True)
+  # A fully masked row has max -inf; any finite shift keeps exp(-inf) = 0 there. The shift is
+  # mathematically irrelevant to softmax, so no gradient flows through it.
+  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  unnormalized = jnp.exp(logits - row_max)
+  denominator = jnp.sum(unnormalized, axis=axis, keepdims=True)
+  return unnormalized / jnp.where(denominator == 0.0, 1.0, denominator)
+
+
+def _combined_mask(mask, is_causal, query_lengths, key_lengths, q_len, kv_len):
+  """ANDs the user mask, the causal mask and the padding mask; ``None`` when nothing is masked."""
+  combined = mask
+  if is_causal:
+    causal = masks_lib.causal_mask(q_len, kv_len)
+    combined = causal if combined is None else combined & causal
+  if query_lengths is not None or key_lengths is not None:
+    padding = masks_lib.padding_mask(query_lengths, key_lengths, q_len, kv_len)
+    combined = padding if combined is None else combined & padding
+  return combined
+
+
+def _grouped_logits(query, key, scale, bias) -> Array:
+  """float32 logits ``[batch..., heads, q_len, kv_len]``; GQA without materialising repeated keys."""
+  *batch, q_len, heads, head_dim = query.shape
+  kv_len, kv_heads = key.shape[-3], key.shape[-2]
+  grouped_query = query.reshape(*batch, q_len, kv_heads, heads // kv_heads, head_dim)
+  logits = jnp.einsum(
+      "...qhgd,...khd->...hgqk", grouped_query, key, preferred_element_type=jnp.float32)
+  logits = logits.reshape(*batch, heads, q_len, kv_len) * jnp.float32(scale)
+  if bias is not None:
+    logits = logits + jnp.asarray(bias).astype(jnp.float32)
+  return logits
+
+
+def _check_and_prepare(query, key, value, bias, mask, query_lengths, key_lengths, scale):
+  query, key = jnp.asarray(query), jnp.asarray(key)
+  value = None if value is None else jnp.asarray(value)
+  validation.check_qkv(query, key, value)
+  *batch, q_len, heads, head_dim = query.shape
+  kv_len = key.shape[-3]
+  batch = tuple(batch)
+  validation.check_mask_and_bias(mask, bias, (*batch, heads, q_len, kv_len))
+  validation.check_lengths("query_lengths", query_lengths, batch)
+  validation.check_lengths("key_lengths", key_lengths, batch)
+  if scale is None:
+    scale = 1.0 / math.sqrt(head_dim)
+  return query, key, value, scale
+
+
+def _reference_weights(query, key, bias, mask, is_causal, scale, query_lengths, key_lengths):
+  q_len, kv_len = query.shape[-3], key.shape[-3]
+  logits = _grouped_logits(query, key, scale, bias)
+  combined = _combined_mask(mask, is_causal, query_lengths, key_lengths, q_len, kv_len)
+  return masked_softmax(logits, combined)
+
+
+def _reference_attention(query, key, value, bias, mask, is_causal, scale, query_lengths,
+                         key_lengths, dropout_rate, dropout_rng):
+  """Materialises the weights: O(q_len * kv_len) memory. Returns (out, weights in float32)."""
+  weights = _reference_weights(
+      query, key, bias, mask, is_causal, scale, query_lengths, key_lengths)
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  *batch, q_len, heads, _ = query.shape
+  kv_len, kv_heads, v_dim = value.shape[-3:]
+  grouped = weights.astype(value.dtype).reshape(
+      *batch, kv_heads, heads // kv_heads, q_len, kv_len)
+  out = jnp.einsum("...hgqk,...khd->...qhgd", grouped, value, preferred_element_type=jnp.float32)
+  return out.reshape(*batch, q_len, heads, v_dim).astype(query.dtype), weights
+
+
+_IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array]]] = {
+    "reference": _reference_attention,
+}
+
+
+def _resolve_implementation(implementation: str | None) -> str:
+  if implementation is None:
+    return "reference"
+  if implementation not in _IMPLEMENTATION_FNS:
+    raise ValueError(
+        f"implementation must be one of {sorted(_IMPLEMENTATION_FNS)} or None, "
+        f"got {implementation!r}")
+  return implementation
+
+
+def dot_product_attention(
+    query,
+    key,
+    value,
+    bias=None,
+    mask=None,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    query_lengths=None,
+    key_lengths=None,
+    dropout_rate: float = 0.0,
+    dropout_rng=None,
+    return_weights: bool = False,
+    implementation: str | None = None,
+):
+  """Scaled dot-product attention: ``softmax(Q K^T * scale + bias, masked) V`` per head.
+
+  Args:
+    query: ``[batch..., q_len, heads, head_dim]``.
+    key: ``[batch..., kv_len, kv_heads, head_dim]`` with ``heads % kv_heads == 0``.
+    value: ``[batch..., kv_len, kv_heads, v_dim]``.
+    bias: float, added to the logits, broadcastable to ``[batch..., heads, q_len, kv_len]``.
+    mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, q_len, kv_len]``.
+    is_causal: query ``i`` attends to keys ``j <= i + kv_len - q_len``: aligned **bottom-right**
+      (the queries are the last positions), which is what decoding with a KV cache and chunked
+      prefill need. ``jax.nn.dot_product_attention`` and PyTorch align top-left (``j <= i``); both
+      agree when ``q_len == kv_len``.
+    scale: multiplies the logits; default ``1 / sqrt(head_dim)``.
+    query_lengths: int ``[batch...]``; queries at positions ``>= query_lengths`` get zero output.
+    key_lengths: int ``[batch...]``; keys at positions ``>= key_lengths`` are masked.
+    dropout_rate: dropout on the attention weights (inverted: kept weights are divided by
+      ``1 - dropout_rate``, so a row of the returned weights may sum to more than one).
+    dropout_rng: PRNG key, required when ``dropout_rate > 0``.
+    return_weights: also return the attention weights actually applied.
+    implementation: ``None`` picks the best available path; ``"reference"`` materialises the
+      weights. All paths share this signature and are tested against ``"reference"``.
+
+  Returns:
+    ``out [batch..., q_len, heads, v_dim]`` in the input dtype, or
+    ``(out, weights [batch..., heads, q_len, kv_len])`` with ``return_weights=True``.
+
+  Raises:
+    ValueError / TypeError at trace time for inconsistent shapes, dtypes, masks or arguments.
+  """
+  validation.check_dropout(dropout_rate, dropout_rng)
+  impl = _resolve_implementation(implementation)
+  query, key, value, scale = _check_and_prepare(
+      query, key, value, bias, mask, query_lengths, key_lengths, scale)
+  out, weights = _IMPLEMENTATION_FNS[impl](
+      query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
+      dropout_rate, dropout_rng)
+  if return_weights:
+    return out, weights.astype(query.dtype)
+  return out
+
+
+def attention_weights(
+    query,
+    key,
+    bias=None,
+    mask=None,
+    *,
+    is_causal: bool = False,
+    scale: float | None = None,
+    query_lengths=None,
+    key_lengths=None,
+) -> Array:
+  """The attention weights ``[batch..., heads, q_len, kv_len]`` (input dtype) for plotting.
+
+  Same arguments and semantics as :func:`dot_product_attention`; each unmasked row sums to one,
+  a fully masked row is all zeros.
+  """
+  query, key, _, scale = _check_and_prepare(
+      query, key, None, bias, mask, query_lengths, key_lengths, scale)
+  weights = _reference_weights(
+      query, key, bias, mask, is_causal, scale, query_lengths, key_lengths)
+  return weights.astype(query.dtype)
+
+
+def additive_attention(query, keys, values, w_query, w_key, w_score, mask=None,
+                       return_weights: bool = False):
+  """Additive (Bahdanau) attention: ``e_i = w_score . tanh(W_query q + W_key k_i)``.
+
+  Args:
+    query: decoder state ``[batch..., dq]``.
+    keys: encoder states ``[batch..., n, dk]``. With ``w_key=None`` the keys are taken as already
+      projected (``[batch..., n, da]``), which lets a decoder project them once per sequence
+      instead of once per step.
+    values: ``[batch..., n, dv]`` (often the same array as ``keys``).
+    w_query: ``[dq, da]``.
+    w_key: ``[dk, da]`` or ``None``.
+    w_score: ``[da]``.
+    mask: bool ``[batch..., n]`` (broadcastable), ``True`` = may attend.
+    return_weights: also return the weights.
+
+  Returns:
+    context ``[batch..., dv]``, or ``(context, weights [batch..., n])``; a fully masked row gives a
+    zero context.
+  """
+  query, keys, values = jnp.asarray(query), jnp.asarray(keys), jnp.asarray(values)
+  w_query, w_score = jnp.asarray(w_query), jnp.asarray(w_score)
+  _check_additive(query, keys, values, w_query, w_key, w_score, mask)
+  projected_keys = keys if w_key is None else keys @ jnp.asarray(w_key)
+  hidden = jnp.tanh((query @ w_query)[..., None, :] + projected_keys)  # [batch..., n, da]
+  scores = hidden @ w_score  # [batch..., n]
+  weights = masked_softmax(scores, mask)
+  context = jnp.einsum("...n,...nd->...d", weights.astype(values.dtype), values,
+                       preferred_element_type=jnp.float32).astype(values.dtype)
+  if return_weights:
+    return context, weights.astype(values.dtype)
+  return context
+
+
+def _check_additive(query, keys, values, w_query, w_key, w_score, mask) -> None:
+  q_shape, k_shape, v_shape = query.shape, keys.shape, values.shape
+  if query.ndim < 1 or keys.ndim != query.ndim + 1:
+    raise ValueError(
+        f"keys must be [batch..., n, dk] for a query [batch..., dq]; got keys {k_shape}, "
+        f"query {q_shape}")
+  if k_shape[:-2] != q_shape[:-1]:
+    raise ValueError(f"keys have batch axes {k_shape[:-2]} but query has {q_shape[:-1]}")
+  if values.ndim != keys.ndim or v_shape[:-1] != k_shape[:-1]:
+    raise ValueError(f"values {v_shape} must be [batch..., n, dv] matching keys {k_shape}")
+  if w_query.ndim != 2 or w_query.shape[0] != q_shape[-1]:
+    raise ValueError(f"w_query must be [dq={q_shape[-1]}, da], got {w_query.shape}")
+  attention_dim = w_query.shape[1]
+  if w_score.shape != (attention_dim,):
+    raise ValueError(f"w_score must be [da={attention_dim}], got {w_score.shape}")
+  if w_key is None:
+    if k_shape[-1] != attention_dim:
+      raise ValueError(
+          f"with w_key=None the keys must be projected to da={attention_dim}, got {k_shape}")
+  else:
+    w_key_shape = jnp.shape(w_key)
+    if w_key_shape != (k_shape[-1], attention_dim):
+      raise ValueError(f"w_key must be [dk={k_shape[-1]}, da={attention_dim}], got {w_key_shape}")
+  if mask is not None:
+    validation.require_bool("mask", mask)
+    validation.require_broadcastable("mask", mask, k_shape[:-1], "[batch..., n]")
