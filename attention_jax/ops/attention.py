@@ -26,8 +26,14 @@ Array = jax.Array
 IMPLEMENTATIONS: tuple[str, ...] = ("reference",)
 
 
+def accumulation_dtype(dtype) -> jnp.dtype:
+  """The dtype softmax statistics and matmul accumulators use: float32, or float64 for float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def masked_softmax(logits, mask=None, axis: int = -1) -> Array:
-  """Softmax in float32 that gives an all-zero row (and zero gradients) where every entry is masked.
+  """Softmax in float32 (or wider) that gives an all-zero row and zero gradients where every entry
+  is masked.
 
   Args:
     logits: any float array.
@@ -35,9 +41,11 @@ def masked_softmax(logits, mask=None, axis: int = -1) -> Array:
     axis: the axis to normalise over.
 
   Returns:
-    float32 weights of ``logits``' shape; each row sums to 1, or to 0 if fully masked.
+    float32 (float64 for float64 logits) weights of ``logits``' shape; each row sums to 1, or to 0
+    if fully masked.
   """
-  logits = jnp.asarray(logits).astype(jnp.float32)
+  logits = jnp.asarray(logits)
+  logits = logits.astype(accumulation_dtype(logits.dtype))
   if mask is not None:
     logits = jnp.where(mask, logits, -jnp.inf)
   row_max = jnp.max(logits, axis=axis, keepdims=True)
@@ -62,15 +70,17 @@ def _combined_mask(mask, is_causal, query_lengths, key_lengths, q_len, kv_len):
 
 
 def _grouped_logits(query, key, scale, bias) -> Array:
-  """float32 logits ``[batch..., heads, q_len, kv_len]``; GQA without materialising repeated keys."""
+  """Logits ``[batch..., heads, q_len, kv_len]`` in the accumulation dtype; GQA without
+  materialising repeated keys."""
   *batch, q_len, heads, head_dim = query.shape
+  acc = accumulation_dtype(query.dtype)
   kv_len, kv_heads = key.shape[-3], key.shape[-2]
   grouped_query = query.reshape(*batch, q_len, kv_heads, heads // kv_heads, head_dim)
   logits = jnp.einsum(
-      "...qhgd,...khd->...hgqk", grouped_query, key, preferred_element_type=jnp.float32)
-  logits = logits.reshape(*batch, heads, q_len, kv_len) * jnp.float32(scale)
+      "...qhgd,...khd->...hgqk", grouped_query, key, preferred_element_type=acc)
+  logits = logits.reshape(*batch, heads, q_len, kv_len) * jnp.asarray(scale, acc)
   if bias is not None:
-    logits = logits + jnp.asarray(bias).astype(jnp.float32)
+    logits = logits + jnp.asarray(bias).astype(acc)
   return logits
 
 
@@ -98,7 +108,7 @@ def _reference_weights(query, key, bias, mask, is_causal, scale, query_lengths, 
 
 def _reference_attention(query, key, value, bias, mask, is_causal, scale, query_lengths,
                          key_lengths, dropout_rate, dropout_rng):
-  """Materialises the weights: O(q_len * kv_len) memory. Returns (out, weights in float32)."""
+  """Materialises the weights: O(q_len * kv_len) memory. Returns (out, weights in float32+)."""
   weights = _reference_weights(
       query, key, bias, mask, is_causal, scale, query_lengths, key_lengths)
   if dropout_rate > 0.0:
@@ -108,7 +118,8 @@ def _reference_attention(query, key, value, bias, mask, is_causal, scale, query_
   kv_len, kv_heads, v_dim = value.shape[-3:]
   grouped = weights.astype(value.dtype).reshape(
       *batch, kv_heads, heads // kv_heads, q_len, kv_len)
-  out = jnp.einsum("...hgqk,...khd->...qhgd", grouped, value, preferred_element_type=jnp.float32)
+  out = jnp.einsum("...hgqk,...khd->...qhgd", grouped, value,
+                   preferred_element_type=accumulation_dtype(value.dtype))
   return out.reshape(*batch, q_len, heads, v_dim).astype(query.dtype), weights
 
 
@@ -235,7 +246,8 @@ def additive_attention(query, keys, values, w_query, w_key, w_score, mask=None,
   scores = hidden @ w_score  # [batch..., n]
   weights = masked_softmax(scores, mask)
   context = jnp.einsum("...n,...nd->...d", weights.astype(values.dtype), values,
-                       preferred_element_type=jnp.float32).astype(values.dtype)
+                       preferred_element_type=accumulation_dtype(values.dtype))
+  context = context.astype(values.dtype)
   if return_weights:
     return context, weights.astype(values.dtype)
   return context
