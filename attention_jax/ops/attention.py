@@ -73,15 +73,38 @@ def _grouped_logits(query, key, scale, bias) -> Array:
   """Logits ``[batch..., heads, q_len, kv_len]`` in the accumulation dtype; GQA without
   materialising repeated keys."""
   *batch, q_len, heads, head_dim = query.shape
-  acc = accumulation_dtype(query.dtype)
   kv_len, kv_heads = key.shape[-3], key.shape[-2]
-  grouped_query = query.reshape(*batch, q_len, kv_heads, heads // kv_heads, head_dim)
-  logits = jnp.einsum(
-      "...qhgd,...khd->...hgqk", grouped_query, key, preferred_element_type=acc)
-  logits = logits.reshape(*batch, heads, q_len, kv_len) * jnp.asarray(scale, acc)
+  acc = accumulation_dtype(query.dtype)
+  if query.dtype == acc:
+    # Scaling the [q_len, head_dim] query is cheaper than the [q_len, kv_len] logits; for low
+    # precision inputs the scale is applied to the float32 logits instead to avoid a rounding.
+    query, scale = query * jnp.asarray(scale, acc), None
+  if heads == kv_heads:
+    logits = jnp.einsum("...qhd,...khd->...hqk", query, key, preferred_element_type=acc)
+  else:
+    grouped_query = query.reshape(*batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    logits = jnp.einsum(
+        "...qhgd,...khd->...hgqk", grouped_query, key, preferred_element_type=acc)
+    logits = logits.reshape(*batch, heads, q_len, kv_len)
+  if scale is not None:
+    logits = logits * jnp.asarray(scale, acc)
   if bias is not None:
     logits = logits + jnp.asarray(bias).astype(acc)
   return logits
+
+
+def _weighted_values(weights, value, heads) -> Array:
+  """``weights [batch..., heads, q_len, kv_len]`` x ``value`` -> ``[batch..., q_len, heads, v_dim]``
+  in the accumulation dtype."""
+  *batch, q_len, kv_len = weights.shape[:-3] + weights.shape[-2:]
+  kv_heads = value.shape[-2]
+  weights = weights.astype(value.dtype)
+  acc = accumulation_dtype(value.dtype)
+  if heads == kv_heads:
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, preferred_element_type=acc)
+  grouped = weights.reshape(*batch, kv_heads, heads // kv_heads, q_len, kv_len)
+  out = jnp.einsum("...hgqk,...khd->...qhgd", grouped, value, preferred_element_type=acc)
+  return out.reshape(*batch, q_len, heads, value.shape[-1])
 
 
 def _check_and_prepare(query, key, value, bias, mask, query_lengths, key_lengths, scale):
@@ -114,13 +137,8 @@ def _reference_attention(query, key, value, bias, mask, is_causal, scale, query_
   if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  *batch, q_len, heads, _ = query.shape
-  kv_len, kv_heads, v_dim = value.shape[-3:]
-  grouped = weights.astype(value.dtype).reshape(
-      *batch, kv_heads, heads // kv_heads, q_len, kv_len)
-  out = jnp.einsum("...hgqk,...khd->...qhgd", grouped, value,
-                   preferred_element_type=accumulation_dtype(value.dtype))
-  return out.reshape(*batch, q_len, heads, v_dim).astype(query.dtype), weights
+  out = _weighted_values(weights, value, query.shape[-2])
+  return out.astype(query.dtype), weights
 
 
 _IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array]]] = {
