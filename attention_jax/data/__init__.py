@@ -1,0 +1,39 @@
+"""Embedded datasets (TFDS builders written as array_record), tokenizers and grain pipelines."""
+
+from attention_jax.data.dates import (
+    DatesConfig,
+    DatesTranslation,
+    dates_builder,
+    decode_example,
+    load_dates,
+)
+from attention_jax.data.pipeline import (
+    EvalBatches,
+    Seq2SeqEncoder,
+    TrainBatches,
+    build_char_tokenizer,
+    eval_batches,
+    make_train_batches,
+    required_lengths,
+)
+from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CharTokenizer
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "CharTokenizer",
+    "DatesConfig",
+    "DatesTranslation",
+    "EvalBatches",
+    "Seq2SeqEncoder",
+    "TrainBatches",
+    "build_char_tokenizer",
+    "dates_builder",
+    "decode_example",
+    "eval_batches",
+    "load_dates",
+    "make_train_batches",
+    "required_lengths",
+]
