@@ -1,0 +1,247 @@
+"""Multi-head dot-product attention (Vaswani et al. 2017) with grouped-query heads, RoPE and a
+KV cache for incremental decoding.
+
+Attribute and parameter names are those of ``flax.linen.MultiHeadDotProductAttention``
+(``query``/``key``/``value`` are ``DenseGeneral`` to ``(heads, head_dim)``, ``out`` is a
+``DenseGeneral`` over the last two axes), so a parameter tree moves between the two unchanged as
+long as ``num_kv_heads`` is left at ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention_jax import ops
+from attention_jax.ops import validation
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+def resolve_deterministic(field: bool | None, argument: bool | None, dropout_rate: float) -> bool:
+  """The call argument wins over the field; with neither and dropout on, refuse to guess."""
+  deterministic = argument if argument is not None else field
+  if deterministic is None:
+    if dropout_rate > 0.0:
+      raise ValueError(
+          f"dropout_rate={dropout_rate} needs `deterministic` (True at evaluation, False for "
+          f"training), as a module field or a call argument")
+    return True
+  return bool(deterministic)
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention, self (``inputs_kv=None``) or cross.
+
+  Attributes:
+    num_heads: number of query heads.
+    num_kv_heads: number of key/value heads (``None`` = ``num_heads``); a divisor of ``num_heads``
+      gives grouped-query attention, ``1`` multi-query attention.
+    qkv_features: total query width ``heads * head_dim`` (default: the features of ``inputs_q``).
+    out_features: output width (default: the features of ``inputs_q``).
+    dropout_rate: dropout on the attention weights.
+    deterministic: default for the call argument of the same name.
+    use_bias: biases in the four projections.
+    is_causal: query ``i`` attends to keys ``j <= i + kv_len - q_len`` (bottom-right aligned, see
+      :func:`ops.causal_mask`).
+    decode: keep a KV cache in the ``cache`` collection (self-attention only; see ``__call__``).
+    rotary: rotate queries and keys by their positions (RoPE, :func:`ops.apply_rotary`);
+      self-attention only.
+    rotary_base: the RoPE frequency base.
+    kernel_init, bias_init: initialisers of the projections (Flax's defaults).
+    dtype: computation dtype (``None``: from the inputs and parameters).
+    param_dtype: parameter dtype.
+    implementation: passed to :func:`ops.dot_product_attention`.
+  """
+
+  num_heads: int
+  num_kv_heads: int | None = None
+  qkv_features: int | None = None
+  out_features: int | None = None
+  dropout_rate: float = 0.0
+  deterministic: bool | None = None
+  use_bias: bool = True
+  is_causal: bool = False
+  decode: bool = False
+  rotary: bool = False
+  rotary_base: float = 10_000.0
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  implementation: str | None = None
+
+  @nn.compact
+  def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, query_lengths=None,
+               key_lengths=None, deterministic: bool | None = None, sow_weights: bool = False):
+    """Attends from ``inputs_q`` to ``inputs_kv`` (or to itself).
+
+    Args:
+      inputs_q: ``[batch..., q_len, features]``.
+      inputs_kv: ``[batch..., kv_len, kv_features]`` for cross-attention, or ``None``.
+      mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, q_len, kv_len]``
+        (``kv_len`` is the cache length ``max_len`` in decode mode).
+      bias: float, added to the logits, same broadcast as ``mask``.
+      query_lengths: int ``[batch...]``; padded queries get zero attention output.
+      key_lengths: int ``[batch...]``; padded keys are masked.
+      deterministic: ``True`` turns dropout off (overrides the field).
+      sow_weights: sow the weights ``[batch..., heads, q_len, kv_len]`` as
+        ``intermediates/attention_weights``.
+
+    Returns:
+      ``[batch..., q_len, out_features]``.
+
+    With ``decode=True`` and self-attention, the first call while the ``cache`` collection is
+    empty (normally during ``init``) creates ``cached_key``/``cached_value``
+    ``[batch..., max_len, kv_heads, head_dim]`` with ``max_len`` the length of that input, and
+    ``cache_index``. Every later call (``apply(..., mutable=['cache'])``) takes a chunk of
+    ``L >= 1`` new positions (a whole prompt, then one or more tokens at a time), writes its keys
+    and values at ``cache_index``, lets new query ``i`` attend to cache positions
+    ``<= cache_index + i`` (causal inside the chunk whatever ``is_causal`` says: a cache only makes
+    sense for a causal decoder), and advances ``cache_index`` by ``L``. A chunk that would run past
+    ``max_len`` raises a ``ValueError`` when the index is concrete; under ``jit`` the index is a
+    tracer, so instead the outputs of that chunk and of every later one are NaN (the index keeps
+    growing past ``max_len``) rather than silently wrong.
+    """
+    inputs_q = jnp.asarray(inputs_q)
+    cross = inputs_kv is not None
+    inputs_kv = jnp.asarray(inputs_kv) if cross else inputs_q
+    self._check_inputs(inputs_q, inputs_kv, cross)
+    if self.rotary and cross:
+      raise ValueError("rotary=True is for self-attention; got inputs_kv for cross-attention")
+
+    features = self.out_features or inputs_q.shape[-1]
+    qkv_features = self.qkv_features or inputs_q.shape[-1]
+    kv_heads = self.num_kv_heads or self.num_heads
+    head_dim = self._head_dim(qkv_features, kv_heads)
+
+    def projection(heads, name):
+      return nn.DenseGeneral(
+          features=(heads, head_dim), axis=-1, use_bias=self.use_bias,
+          kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=name)
+
+    query = projection(self.num_heads, "query")(inputs_q)
+    key = projection(kv_heads, "key")(inputs_kv)
+    value = projection(kv_heads, "value")(inputs_kv)
+
+    is_causal = self.is_causal
+    if self.decode and not cross and self.has_variable("cache", "cached_key"):
+      query, key, value, mask = self._decode_step(query, key, value, mask, bias)
+      is_causal = False  # the cache mask above is already causal
+    else:
+      if self.decode and not cross:
+        self._create_cache(key, value)
+      if self.rotary:
+        query = ops.apply_rotary(query, jnp.arange(query.shape[-3]), base=self.rotary_base)
+        key = ops.apply_rotary(key, jnp.arange(key.shape[-3]), base=self.rotary_base)
+
+    deterministic = resolve_deterministic(self.deterministic, deterministic, self.dropout_rate)
+    dropout_rate = 0.0 if deterministic else self.dropout_rate
+    dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
+    result = ops.dot_product_attention(
+        query, key, value, bias, mask, is_causal=is_causal, query_lengths=query_lengths,
+        key_lengths=key_lengths, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+        return_weights=sow_weights, implementation=self.implementation)
+    if sow_weights:
+      result, weights = result
+      self.sow("intermediates", "attention_weights", weights)
+
+    return nn.DenseGeneral(
+        features=features, axis=(-2, -1), use_bias=self.use_bias, kernel_init=self.kernel_init,
+        bias_init=self.bias_init, dtype=self.dtype, param_dtype=self.param_dtype,
+        name="out")(result)
+
+  def _head_dim(self, qkv_features: int, kv_heads: int) -> int:
+    if self.num_heads <= 0 or qkv_features % self.num_heads:
+      raise ValueError(
+          f"qkv_features={qkv_features} must be divisible by num_heads={self.num_heads}")
+    if kv_heads <= 0 or self.num_heads % kv_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    return qkv_features // self.num_heads
+
+  @staticmethod
+  def _check_inputs(inputs_q, inputs_kv, cross: bool) -> None:
+    if inputs_q.ndim < 2:
+      raise ValueError(f"inputs_q must be [batch..., q_len, features], got shape {inputs_q.shape}")
+    if not cross:
+      return
+    if inputs_kv.ndim != inputs_q.ndim or inputs_kv.shape[:-2] != inputs_q.shape[:-2]:
+      raise ValueError(
+          f"inputs_kv has shape {inputs_kv.shape} but inputs_q has shape {inputs_q.shape}; both "
+          f"are [batch..., length, features] with the same batch axes")
+
+  def _create_cache(self, key, value) -> None:
+    self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+
+  def _decode_step(self, query, key, value, mask, bias):
+    """Writes the chunk's keys/values into the cache; returns the query, the whole cache and the
+    mask of the chunk over it."""
+    cached_key = self.variable("cache", "cached_key")
+    cached_value = self.variable("cache", "cached_value")
+    cache_index = self.variable("cache", "cache_index")
+    *batch, max_len, kv_heads, head_dim = cached_key.value.shape
+    chunk = key.shape[-3]
+    if tuple(key.shape[:-3]) != tuple(batch):
+      raise ValueError(
+          f"decode: inputs_q has batch axes {key.shape[:-3]} but the cache was created for "
+          f"{tuple(batch)} (cached_key {cached_key.value.shape})")
+    if chunk > max_len:
+      raise ValueError(
+          f"decode: a chunk of {chunk} positions does not fit a cache of max_len={max_len}")
+    index = cache_index.value
+    if _is_concrete(index) and int(index) + chunk > max_len:
+      raise ValueError(
+          f"decode: cache_index={int(index)} + {chunk} new positions overflows the cache of "
+          f"max_len={max_len}; initialise the cache with a longer input")
+    # The user's mask and bias are checked against the final logits shape before they are
+    # combined with the cache mask, so the error names their own shapes.
+    validation.check_mask_and_bias(mask, bias, (*batch, self.num_heads, chunk, max_len))
+
+    positions = index + jnp.arange(chunk, dtype=jnp.int32)
+    if self.rotary:
+      query = ops.apply_rotary(query, positions, base=self.rotary_base)
+      key = ops.apply_rotary(key, positions, base=self.rotary_base)
+    start = (0,) * len(batch) + (index, 0, 0)
+    key = lax.dynamic_update_slice(
+        cached_key.value, key.astype(cached_key.value.dtype), start)
+    value = lax.dynamic_update_slice(
+        cached_value.value, value.astype(cached_value.value.dtype), start)
+    cached_key.value, cached_value.value = key, value
+    cache_index.value = index + chunk
+
+    # New query i sits at position index + i and sees every cached position up to its own;
+    # this also hides the not yet written (zero) slots beyond index + chunk - 1.
+    visible = jnp.arange(max_len)[None, :] <= positions[:, None]  # [chunk, max_len]
+    mask = visible if mask is None else jnp.logical_and(mask, visible)
+    if not _is_concrete(index):
+      overflow = index + chunk > max_len
+      query = jnp.where(overflow, jnp.asarray(jnp.nan, query.dtype), query)
+    return query.astype(key.dtype), key, value, mask
+
+
+class SelfAttention(MultiHeadAttention):
+  """:class:`MultiHeadAttention` of a sequence with itself; one head unless told otherwise."""
+
+  num_heads: int = 1
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, bias=None, query_lengths=None, key_lengths=None,
+               deterministic: bool | None = None, sow_weights: bool = False):
+    """``x [batch..., length, features]`` -> ``[batch..., length, out_features]``; the keyword
+    arguments are those of :meth:`MultiHeadAttention.__call__`."""
+    return super().__call__(
+        x, None, mask=mask, bias=bias, query_lengths=query_lengths, key_lengths=key_lengths,
+        deterministic=deterministic, sow_weights=sow_weights)
