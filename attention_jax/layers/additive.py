@@ -67,7 +67,7 @@ class AdditiveAttention(nn.Module):
     return self.key(keys)
 
   def __call__(self, query, keys, values=None, mask=None, projected_keys=None,
-               sow_weights: bool = False) -> Array:
+               sow_weights: bool = False, return_weights: bool = False):
     """The context vector.
 
     Args:
@@ -78,9 +78,12 @@ class AdditiveAttention(nn.Module):
       projected_keys: ``project_keys(keys)``, ``[batch..., n, attention_features]``, to skip the
         key projection.
       sow_weights: sow the weights ``[batch..., n]`` as ``intermediates/attention_weights``.
+      return_weights: also return the weights (what a scanned RNN decoder needs: it cannot
+        collect sown values per step as easily as scan outputs).
 
     Returns:
-      ``[batch..., dv]``; zeros for a query whose keys are all masked.
+      ``context [batch..., dv]`` (zeros for a query whose keys are all masked), or
+      ``(context, weights [batch..., n])`` with ``return_weights``.
     """
     query, keys = jnp.asarray(query), jnp.asarray(keys)
     values = keys if values is None else jnp.asarray(values)
@@ -100,11 +103,8 @@ class AdditiveAttention(nn.Module):
     w_query = self.query(query.shape[-1])
     query, projected_keys, values, w_query, w_score = dtypes.promote_dtype(
         query, projected_keys, values, w_query, self.score, dtype=self.dtype)
-    result = ops.additive_attention(
-        query, projected_keys, values, w_query, None, w_score, mask=mask,
-        return_weights=sow_weights)
-    if not sow_weights:
-      return result
-    context, weights = result
-    self.sow("intermediates", "attention_weights", weights)
-    return context
+    context, weights = ops.additive_attention(
+        query, projected_keys, values, w_query, None, w_score, mask=mask, return_weights=True)
+    if sow_weights:
+      self.sow("intermediates", "attention_weights", weights)
+    return (context, weights) if return_weights else context

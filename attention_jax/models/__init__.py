@@ -1,7 +1,6 @@
 """Whole networks built from ops and layers."""
 
 from attention_jax.models.seq2seq import ATTENTION_TYPES
-from attention_jax.models.seq2seq import BahdanauAttention
 from attention_jax.models.seq2seq import BidirectionalEncoder
 from attention_jax.models.seq2seq import CELL_TYPES
 from attention_jax.models.seq2seq import EncoderOutput
@@ -12,7 +11,6 @@ from attention_jax.models.seq2seq import decoding_fns
 
 __all__ = [
     "ATTENTION_TYPES",
-    "BahdanauAttention",
     "BidirectionalEncoder",
     "CELL_TYPES",
     "EncoderOutput",

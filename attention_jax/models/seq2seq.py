@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attention_jax import layers
 from attention_jax import ops
 
 Array = jax.Array
@@ -141,36 +142,6 @@ class BidirectionalEncoder(nn.Module):
                          _hidden(self.cell_type, bwd_carry).astype(self.dtype))
 
 
-class BahdanauAttention(nn.Module):
-  """Additive scores ``v . tanh(W_q s + W_k h_i)`` via :func:`ops.additive_attention`.
-
-  Params ``query [query_dim, attention_dim]``, ``key [key_dim, attention_dim]``,
-  ``score [attention_dim]``.
-  """
-  query_dim: int
-  key_dim: int
-  attention_dim: int
-  param_dtype: Dtype = jnp.float32
-
-  def setup(self):
-    init = nn.initializers.lecun_normal()
-    self.query = self.param("query", init, (self.query_dim, self.attention_dim), self.param_dtype)
-    self.key = self.param("key", init, (self.key_dim, self.attention_dim), self.param_dtype)
-    self.score = self.param("score", nn.initializers.normal(self.attention_dim ** -0.5),
-                            (self.attention_dim,), self.param_dtype)
-
-  def project_keys(self, states):
-    """``[B, S, key_dim] -> [B, S, attention_dim]``, once per source sequence."""
-    return states @ self.key.astype(states.dtype)
-
-  def __call__(self, query, keys, values, mask):
-    """``query [B, query_dim]``, projected ``keys [B, S, A]``, ``values [B, S, D]``,
-    ``mask bool [B, S]`` -> ``(context [B, D], weights [B, S])``."""
-    return ops.additive_attention(
-        query, keys, values, self.query.astype(query.dtype), None,
-        self.score.astype(query.dtype), mask=mask, return_weights=True)
-
-
 class LuongAttention(nn.Module):
   """Luong's "general" score ``s . (W_k h_i) * scale`` via :func:`ops.dot_product_attention`
   with one query and one head. Param ``key [key_dim, query_dim]``; ``scale=None`` is
@@ -188,12 +159,20 @@ class LuongAttention(nn.Module):
     """``[B, S, key_dim] -> [B, S, query_dim]``, once per source sequence."""
     return states @ self.key.astype(states.dtype)
 
-  def __call__(self, query, keys, values, mask):
-    """Same contract as :meth:`BahdanauAttention.__call__` with ``keys [B, S, query_dim]``."""
+  def __call__(self, query, keys, values=None, mask=None, projected_keys=None,
+               return_weights: bool = False):
+    """The call of :class:`layers.AdditiveAttention`: ``query [B, query_dim]``, ``keys
+    [B, S, key_dim]``, ``values [B, S, D]`` (default ``keys``), ``mask bool [B, S]``,
+    ``projected_keys = project_keys(keys)`` -> ``context [B, D]`` (and ``weights [B, S]``)."""
+    values = keys if values is None else values
+    if projected_keys is None:
+      projected_keys = self.project_keys(keys)
+    mask = None if mask is None else mask[:, None, None, :]
     context, weights = ops.dot_product_attention(
-        query[:, None, None, :], keys[:, :, None, :], values[:, :, None, :],
-        mask=mask[:, None, None, :], scale=self.scale, return_weights=True)
-    return context[:, 0, 0], weights[:, 0, 0]
+        query[:, None, None, :], projected_keys[:, :, None, :], values[:, :, None, :],
+        mask=mask, scale=self.scale, return_weights=True)
+    context, weights = context[:, 0, 0], weights[:, 0, 0]
+    return (context, weights) if return_weights else context
 
 
 class Seq2Seq(nn.Module):
@@ -245,8 +224,9 @@ class Seq2Seq(nn.Module):
     self.output_dense = nn.Dense(self.num_targets, **dims)
     self.dropout = nn.Dropout(self.dropout_rate)
     if self.attention == "additive":
-      self.attend = BahdanauAttention(
-          self.hidden_dim, 2 * self.hidden_dim, self.attention_dim, self.param_dtype)
+      self.attend = layers.AdditiveAttention(
+          self.attention_dim, score_init=nn.initializers.normal(self.attention_dim ** -0.5),
+          dtype=self.dtype, param_dtype=self.param_dtype)
     elif self.attention == "dot":
       self.attend = LuongAttention(
           self.hidden_dim, 2 * self.hidden_dim, self.dot_scale, self.param_dtype)
@@ -294,7 +274,8 @@ class Seq2Seq(nn.Module):
       weights = jnp.zeros(memory.mask.shape, memory.states.dtype)
     else:
       query = _hidden(self.cell_type, state)
-      context, weights = self.attend(query, memory.keys, memory.states, memory.mask)
+      context, weights = self.attend(query, memory.states, memory.states, memory.mask,
+                                     projected_keys=memory.keys, return_weights=True)
     context = context.astype(embedded.dtype)
     state, output = self.cell(state, jnp.concatenate([embedded, context], axis=-1))
     features = jnp.concatenate([output, context, embedded], axis=-1)

@@ -85,7 +85,11 @@ def test_parameters_are_shared_and_named():
   assert set(params) == {"encoder", "target_embed", "init_dense", "cell", "attend",
                          "output_dense"}
   assert set(params["attend"]) == {"query", "key", "score"}
-  assert params["attend"]["key"].shape == (24, 10) and params["attend"]["query"].shape == (12, 10)
+  # The additive scorer is layers.AdditiveAttention: W_q without bias, W_k with bias, v.
+  assert params["attend"]["key"]["kernel"].shape == (24, 10)
+  assert params["attend"]["key"]["bias"].shape == (10,)
+  assert params["attend"]["query"]["kernel"].shape == (12, 10)
+  assert params["attend"]["score"].shape == (10,)
   assert set(params["encoder"]) == {"embed", "forward", "backward"}
   assert params["output_dense"]["kernel"].shape == (12 + 24 + 8, TGT_VOCAB)
 
