@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo demo-full reverse-demo test test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The main job: seq2seq with and without attention, a short run that still shows both curves.
 demo: $(STAMP)
+	$(PY) -m experiments.seq2seq --config=experiments/configs/seq2seq.py:quick --workdir=runs/seq2seq_quick
+
+# The default config (about 10 minutes of training per model on a 2-core CPU).
+demo-full: $(STAMP)
+	$(PY) -m experiments.seq2seq --config=experiments/configs/seq2seq.py --workdir=runs/seq2seq
+
+# A few seconds: one self-attention layer learns to reverse a sequence.
+reverse-demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=runs/demo
 
 test: $(STAMP)

@@ -24,11 +24,6 @@ import optax
 from attention_jax import layers
 from attention_jax import plotting
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the PNG and metrics go.")
-_STEPS = flags.DEFINE_integer("steps", 400, "Training steps.")
-_LENGTH = flags.DEFINE_integer("length", 12, "Sequence length.")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-
 VOCAB = 10
 
 
@@ -105,8 +100,14 @@ def run(workdir: str, steps: int = 400, length: int = 12, seed: int = 0) -> dict
 
 def main(argv):
   del argv
-  run(_WORKDIR.value, _STEPS.value, _LENGTH.value, _SEED.value)
+  f = flags.FLAGS
+  run(f.workdir, f.steps, f.length, f.seed)
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a script, so experiments can be imported side by side.
+  flags.DEFINE_string("workdir", "runs/demo", "Where the PNG and metrics go.")
+  flags.DEFINE_integer("steps", 400, "Training steps.")
+  flags.DEFINE_integer("length", 12, "Sequence length.")
+  flags.DEFINE_integer("seed", 0, "PRNG seed.")
   app.run(main)
