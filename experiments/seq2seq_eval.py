@@ -18,6 +18,9 @@ def char_matches(prediction: str, target: str) -> int:
   return sum(p == t for p, t in zip(prediction, target))
 
 
+MAX_MISTAKES = 20  # wrong predictions listed in eval.json per split, for inspection
+
+
 def score(records: Sequence[Mapping[str, str]], predictions: Sequence[str]) -> dict[str, Any]:
   """Exact match, per-character accuracy and exact match by input length.
 
@@ -27,8 +30,9 @@ def score(records: Sequence[Mapping[str, str]], predictions: Sequence[str]) -> d
 
   Returns:
     ``{"examples", "exact_match", "char_accuracy", "by_length": [{"min_len", "max_len",
-    "examples", "exact_match", "char_accuracy"}, ...]}``; per-character accuracy counts matching
-    positions over all target characters (a missing or extra character is wrong).
+    "examples", "exact_match", "char_accuracy"}, ...], "mistakes": [...]}``; per-character
+    accuracy counts matching positions over all target characters (a missing or extra character
+    is wrong); ``mistakes`` lists the first wrong predictions with their records.
   """
   if len(records) != len(predictions):
     raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
@@ -36,6 +40,7 @@ def score(records: Sequence[Mapping[str, str]], predictions: Sequence[str]) -> d
     raise ValueError("score needs at least one record")
   buckets: dict[int, list[int]] = {}
   exact = chars = total_chars = 0
+  mistakes = []
   for record, prediction in zip(records, predictions):
     target = record["target"]
     hit = prediction == target
@@ -43,6 +48,8 @@ def score(records: Sequence[Mapping[str, str]], predictions: Sequence[str]) -> d
     # Extra characters beyond the target count against it too.
     length = max(len(target), len(prediction))
     exact += hit
+    if not hit and len(mistakes) < MAX_MISTAKES:
+      mistakes.append({**record, "prediction": prediction})
     chars += matched
     total_chars += length
     bucket = buckets.setdefault(len(record["source"]) // LENGTH_BUCKET, [0, 0, 0, 0])
@@ -55,7 +62,8 @@ def score(records: Sequence[Mapping[str, str]], predictions: Sequence[str]) -> d
        "exact_match": hits / n, "char_accuracy": matched / max(length, 1)}
       for b, (n, hits, matched, length) in sorted(buckets.items())]
   return {"examples": len(records), "exact_match": exact / len(records),
-          "char_accuracy": chars / max(total_chars, 1), "by_length": by_length}
+          "char_accuracy": chars / max(total_chars, 1), "by_length": by_length,
+          "mistakes": mistakes}
 
 
 def merged_curve(model_results: Mapping[str, Any], min_examples: int = 10) -> tuple[list, list]:
