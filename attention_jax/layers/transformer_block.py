@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,8 @@ class TransformerBlock(nn.Module):
     pre_norm: LayerNorm inside the residual branches instead of after the sums.
     decode: KV cache in the attention (see :class:`MultiHeadAttention`).
     rotary: RoPE in the attention.
+    activation: the MLP's nonlinearity.
+    layer_norm_epsilon: epsilon of both LayerNorms (BERT: 1e-12).
     dtype: computation dtype (``None``: from the inputs and parameters).
     param_dtype: parameter dtype.
     implementation: passed to :func:`ops.dot_product_attention`.
@@ -48,6 +50,8 @@ class TransformerBlock(nn.Module):
   pre_norm: bool = False
   decode: bool = False
   rotary: bool = False
+  activation: Callable[[Array], Array] = nn.gelu
+  layer_norm_epsilon: float = 1e-6
   dtype: Any = None
   param_dtype: Any = jnp.float32
   implementation: str | None = None
@@ -69,14 +73,16 @@ class TransformerBlock(nn.Module):
       raise ValueError(f"x must be [batch..., length, features], got shape {x.shape}")
     if self.dtype is not None:
       x = x.astype(self.dtype)  # the residual stream too, else pre-norm would promote it back
-    norm = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    norm = lambda name: nn.LayerNorm(
+        epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     dropout = nn.Dropout(self.dropout_rate)
     attention = SelfAttention(
         num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
         dropout_rate=self.attention_dropout_rate, is_causal=self.is_causal, decode=self.decode,
         rotary=self.rotary, dtype=self.dtype, param_dtype=self.param_dtype,
         implementation=self.implementation, name="attention")
-    mlp = MlpBlock(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="mlp")
+    mlp = MlpBlock(self.mlp_dim, activation=self.activation, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="mlp")
 
     def attend(y):
       y = attention(y, mask=mask, key_lengths=key_lengths, deterministic=deterministic,
