@@ -8,14 +8,32 @@ from attention_jax.models.seq2seq import LuongAttention
 from attention_jax.models.seq2seq import Seq2Seq
 from attention_jax.models.seq2seq import Seq2SeqMemory
 from attention_jax.models.seq2seq import decoding_fns
+from attention_jax.models.transformer import BertEncoder
+from attention_jax.models.transformer import Decoder
+from attention_jax.models.transformer import DecoderOnlyLM
+from attention_jax.models.transformer import Encoder
+from attention_jax.models.transformer import EncoderDecoder
+from attention_jax.models.transformer import TransformerConfig
+from attention_jax.models.transformer import encoder_decoder_decoding_fns
+from attention_jax.models.transformer import generate
+from attention_jax.models.transformer import lm_decoding_fns
 
 __all__ = [
     "ATTENTION_TYPES",
+    "BertEncoder",
     "BidirectionalEncoder",
     "CELL_TYPES",
+    "Decoder",
+    "DecoderOnlyLM",
+    "Encoder",
+    "EncoderDecoder",
     "EncoderOutput",
     "LuongAttention",
     "Seq2Seq",
     "Seq2SeqMemory",
+    "TransformerConfig",
     "decoding_fns",
+    "encoder_decoder_decoding_fns",
+    "generate",
+    "lm_decoding_fns",
 ]
