@@ -17,6 +17,7 @@ more tokens at a time; positions continue from the cache index. :func:`lm_decodi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -504,24 +505,34 @@ def encoder_decoder_decoding_fns(model: EncoderDecoder, params, inputs, input_le
 def generate(model: DecoderOnlyLM, params, prompt, max_new_tokens: int, *, rng=None,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              eos_id: int | None = None, pad_id: int = 0) -> Array:
-  """Continues ``prompt int [batch, prompt_len]`` by ``max_new_tokens`` tokens (KV cache; the
-  whole loop is one compiled ``while_loop``); greedy at ``temperature=0``.
+  """Continues ``prompt int [batch, prompt_len]`` by ``max_new_tokens`` tokens with the KV cache;
+  greedy at ``temperature=0``.
+
+  The prefill and the whole token loop (one ``while_loop``, the step traced once) compile into
+  one function, cached per model, shapes and sampling options: later calls with new params,
+  prompts or keys of the same shapes reuse it.
 
   Returns:
     int32 ``[batch, max_new_tokens]``, ``pad_id`` after an ``eos_id``.
   """
+  prompt = _check_tokens(prompt, model.config, "prompt")
+  if prompt.ndim != 2 or prompt.shape[1] < 1:
+    raise ValueError(f"prompt must be [batch, prompt_len >= 1], got shape {prompt.shape}")
+  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+  _check_length(prompt.shape[1] + max_new_tokens, 0, model.config, "prompt + new tokens")
+  rng = jax.random.key(0) if rng is None else rng
+  return _generate(model, params, prompt.astype(jnp.int32), rng, max_new_tokens, temperature,
+                   top_k, top_p, -1 if eos_id is None else eos_id, pad_id)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8, 9))
+def _generate(model, params, prompt, rng, max_new_tokens, temperature, top_k, top_p, eos_id,
+              pad_id):
   from attention_jax.decoding import sampling  # decoding does not import models
 
-  prompt = jnp.asarray(prompt)
   init_fn, step_fn = lm_decoding_fns(model, params, prompt, prompt.shape[-1] + max_new_tokens)
-  rng = jax.random.key(0) if rng is None else rng
-
-  @jax.jit
-  def run(rng):
-    tokens, _ = sampling.sample(
-        init_fn, step_fn, rng, batch_size=prompt.shape[0], max_len=max_new_tokens, bos_id=0,
-        eos_id=-1 if eos_id is None else eos_id, temperature=temperature, top_k=top_k,
-        top_p=top_p, pad_id=pad_id)
-    return tokens
-
-  return run(rng)
+  tokens, _ = sampling.sample(
+      init_fn, step_fn, rng, batch_size=prompt.shape[0], max_len=max_new_tokens, bos_id=0,
+      eos_id=eos_id, temperature=temperature, top_k=top_k, top_p=top_p, pad_id=pad_id)
+  return tokens

@@ -1,0 +1,100 @@
+"""Configs for experiments/transformer_lm.py: a character-level Transformer language model.
+
+  --config=experiments/configs/transformer_lm.py        default: ~0.8M parameters, 2-core CPU
+  --config=experiments/configs/transformer_lm.py:gpu    nanoGPT shakespeare-char scale (6 x 384)
+  --config=experiments/configs/transformer_lm.py:tiny   seconds; used by the tests
+"""
+
+import ml_collections
+
+from attention_jax import training
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+  config = training.default_training_config()
+  config.preset = preset
+
+  config.data = ml_collections.ConfigDict()
+  # "stdlib": the .py sources of the running interpreter's standard library (on every machine);
+  # "files": the text files of `data.paths`; "tiny_shakespeare": TFDS (needs the internet).
+  config.data.source = "stdlib"
+  config.data.paths = ()
+  config.data.max_chars = 3_000_000
+  config.data.min_char_count = 50  # rarer characters become <unk>
+  config.data.validation_fraction = 0.1
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS only
+
+  # nanoGPT's CPU shakespeare-char model: 4 layers, 4 heads, width 128, context 64.
+  config.model = ml_collections.ConfigDict()
+  config.model.num_layers = 4
+  config.model.features = 128
+  config.model.num_heads = 4
+  config.model.mlp_dim = 512
+  config.model.context = 64
+  config.model.positions = "learned"
+  config.model.pre_norm = True
+  config.model.dropout_rate = 0.0
+  config.model.dtype = "float32"  # or "bfloat16"
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_batches = 20
+  config.eval.batch_size = 64
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.prompts = ("def ", "class ", "import ")
+  config.sample.num_tokens = 200
+  config.sample.temperature = 0.8
+  config.sample.top_k = 0  # 0 = off
+  config.sample.top_p = 0.95
+  config.sample.attention_prompt = "    def __init__(self, name):\n        self.name = name\n"
+
+  config.batch_size = 12
+  config.num_steps = 2000
+  config.learning_rate = 1e-3
+  config.optimizer = "adamw"
+  config.adam_b2 = 0.99
+  config.weight_decay = 0.1
+  config.schedule = "warmup_cosine"
+  config.warmup_steps = 100
+  config.end_learning_rate = 1e-4
+  config.grad_clip_norm = 1.0
+  config.log_every = 100
+  config.checkpoint_every = 500
+  config.eval_every = 500
+
+  if preset == "default":
+    pass
+  elif preset == "gpu":
+    config.model.num_layers = 6
+    config.model.features = 384
+    config.model.num_heads = 6
+    config.model.mlp_dim = 1536
+    config.model.context = 256
+    config.model.dropout_rate = 0.2
+    config.batch_size = 64
+    config.num_steps = 5000
+    config.eval.num_batches = 50
+    config.checkpoint_every = 1000
+  elif preset == "tiny":
+    config.data.max_chars = 200_000
+    config.data.min_char_count = 5
+    config.model.num_layers = 1
+    config.model.features = 32
+    config.model.num_heads = 2
+    config.model.mlp_dim = 64
+    config.model.context = 32
+    config.batch_size = 16
+    config.num_steps = 150
+    config.warmup_steps = 10
+    config.learning_rate = 3e-3
+    config.log_every = 25
+    config.checkpoint_every = 75
+    config.eval_every = 0
+    config.eval.num_batches = 4
+    config.eval.batch_size = 32
+    config.sample.prompts = ("def ",)
+    config.sample.num_tokens = 20
+    config.sample.attention_prompt = "def f(x):\n    return x\n"
+  else:
+    raise ValueError(f"unknown preset {preset!r}; choose default, gpu or tiny")
+  return config
