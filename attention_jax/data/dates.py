@@ -36,6 +36,10 @@ Generation
   tell apart years, all 12 months, days, all 24 hours (including flexible day periods such as
   "in the afternoon" / 下午) and minutes/seconds. Failing patterns are dropped, so the target is
   always recoverable from the source.
+* Across locales a source is kept only if no locale's all-numeric format reads it as another
+  target (``date_readings``): ``8/5/2029`` (August 5 in ``en``, 8 May in ``es``) or ``05.03.23``
+  (a time in ``id``, a date in ``de``) cannot be translated without the locale, so such sources
+  (about 2.6% of the draws) are drawn again. Every source thus has exactly one right target.
 * Target = exactly the information in the source: ``YYYY-MM-DD`` for a date,
   ``YYYY-MM-DDTHH:MM`` / ``YYYY-MM-DDTHH:MM:SS`` for a date and time (to minutes / seconds),
   ``HH:MM`` / ``HH:MM:SS`` for a time alone. Weekdays and eras are redundant and not in the target.
@@ -94,6 +98,8 @@ import tensorflow_datasets as tfds
 from babel import Locale
 from babel import dates as babel_dates
 from etils import epath
+
+from attention_jax.data import date_readings
 
 # --------------------------------------------------------------------------------------------
 # Locales, styles and their validation.
@@ -420,12 +426,28 @@ def sample(rng: np.random.Generator) -> tuple[_dt.datetime, FormatSpec]:
 
 
 def make_example(value: _dt.datetime, spec: FormatSpec) -> dict[str, str]:
+  if spec.granularity.endswith("minutes"):
+    # The seconds are not in the target, so they must not shape the source either: a flexible
+    # day period says "midnight" at 00:00:00 only, "at night" at 00:00:30.
+    value = value.replace(second=0)
   return {
       "source": render(value, spec),
       "target": iso_target(value, spec.granularity),
       "locale": spec.locale,
       "style": spec.style,
   }
+
+
+@functools.lru_cache(maxsize=None)
+def numeric_reader() -> date_readings.NumericReader:
+  """Reads a source with every all-numeric format of every locale (see ``date_readings``)."""
+  return date_readings.NumericReader(all_specs(), _locale, TWO_DIGIT_YEAR_PIVOT)
+
+
+def is_ambiguous(example: Mapping[str, str]) -> bool:
+  """True when some locale's numeric format reads the source as another target (``8/5/2029``:
+  August 5 in ``en``, 8 May in ``es``): no translation is right without the locale."""
+  return bool(numeric_reader().readings(example["source"]) - {example["target"]})
 
 
 def split_bucket(source: str, target: str) -> int:
@@ -449,7 +471,7 @@ def generate_split(
       raise RuntimeError(f"could not draw {num_examples} examples for split {split!r}")
     example = make_example(*sample(rng))
     source = example["source"]
-    if source in seen:
+    if source in seen or is_ambiguous(example):
       continue
     if split == "test_long":
       if len(source) <= max_source_len:
@@ -496,8 +518,12 @@ class DatesTranslation(tfds.core.GeneratorBasedBuilder):
 
   name = "dates_translation"
   # Prepared data is cached per version: bump it whenever the generation changes.
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: 37 locales, Babel/CLDR patterns, 1950-2049."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release: 37 locales, Babel/CLDR patterns, 1950-2049.",
+      "1.1.0": "Drops sources that another locale's numeric format reads differently (~2.6%); "
+      "minute-granularity sources are rendered with zero seconds.",
+  }
   BUILDER_CONFIGS = [
       DatesConfig(name="default", description="50,000 train, 2,000 validation/test/test_long."),
       DatesConfig(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from attention_jax.data import date_readings
 from attention_jax.data import dates
 
 SPLITS = ("train", "validation", "test", "test_long")
@@ -186,3 +187,28 @@ def test_generation_is_seeded_per_split():
   assert a == b and a != c
   with pytest.raises(ValueError, match="unknown split"):
     next(dates.generate_split("dev", 1, max_source_len=35, seed=1))
+
+
+def test_numeric_reader_finds_every_reading():
+  reader = dates.numeric_reader()
+  assert reader.readings("8/5/2029") == {"2029-08-05", "2029-05-08"}
+  assert reader.readings("05.03.23") == {"2023-03-05", "05:03:23"}
+  assert reader.readings("۲۴/۱۱/۲۰۲۶") == {"2026-11-24"}  # native digits read as Latin ones
+  assert reader.readings("3:07 PM") == {"15:07"}
+  assert reader.readings("Tuesday, November 24, 2026") == set()  # names: no numeric format
+
+
+def test_every_numeric_format_reads_its_own_examples():
+  rng = np.random.default_rng(3)
+  reader = dates.numeric_reader()
+  for _ in range(300):
+    example = dates.make_example(*dates.sample(rng))
+    spec = dates.spec_for(example["locale"], example["style"])
+    if date_readings.numeric_regex(spec.pattern, dates._locale(spec.locale)) is not None:
+      assert example["target"] in reader.readings(example["source"]), example
+
+
+def test_generated_sources_are_unambiguous():
+  examples = list(dates.generate_split("test", 300, max_source_len=35, seed=0))
+  assert not any(dates.is_ambiguous(e) for e in examples)
+  assert dates.is_ambiguous({"source": "12/8/61", "target": "1961-12-08"})
