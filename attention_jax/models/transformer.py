@@ -57,7 +57,8 @@ class TransformerConfig:
     attention_dropout_rate: dropout on the attention weights.
     tie_embeddings: the output head is the transposed target embedding; else a ``Dense`` without
       bias.
-    scale_embeddings: multiply the token embeddings by ``sqrt(features)`` (Vaswani et al.).
+    scale_embeddings: multiply the token embeddings by ``sqrt(features)`` (Vaswani et al.);
+      they are then initialised with std ``features**-0.5`` instead of 0.02.
     num_token_types: rows of a token-type (segment) embedding, 0 for none (BERT: 2).
     embedding_norm: LayerNorm after the summed embeddings (BERT).
     activation: a key of :data:`ACTIVATIONS`.
@@ -146,8 +147,11 @@ class Embedder(nn.Module):
 
   def setup(self):
     c = self.config
+    # Scaled embeddings start at std d^-1/2 so that, times sqrt(d), they match the unit-size
+    # sinusoids (tensor2tensor); unscaled ones use GPT-2/BERT's 0.02.
+    std = c.features ** -0.5 if c.scale_embeddings else 0.02
     self.token_embedding = nn.Embed(
-        c.vocab_size, c.features, embedding_init=nn.initializers.normal(stddev=0.02),
+        c.vocab_size, c.features, embedding_init=nn.initializers.normal(stddev=std),
         param_dtype=c.param_dtype, dtype=c.dtype)
     if c.positions == "learned":
       self.position_embedding = layers.LearnedPositionalEmbedding(

@@ -85,10 +85,11 @@ def test_generate_greedy_equals_argmax_rollout_and_temperature_zero():
   prompt = _tokens(3, (B, 3))
   params = model.init(jax.random.key(0), prompt)["params"]
   generated = tf.generate(model, params, prompt, 5)
-  seq = prompt
-  for _ in range(5):
-    nxt = jnp.argmax(model.apply({"params": params}, seq)[:, -1], -1).astype(jnp.int32)
-    seq = jnp.concatenate([seq, nxt[:, None]], 1)
+  # The argmax rollout without a cache: causal, so the padding after position t is harmless.
+  apply = jax.jit(lambda seq: model.apply({"params": params}, seq))
+  seq = jnp.zeros((B, 8), jnp.int32).at[:, :3].set(prompt)
+  for t in range(3, 8):
+    seq = seq.at[:, t].set(jnp.argmax(apply(seq)[:, t - 1], -1).astype(jnp.int32))
   np.testing.assert_array_equal(generated, seq[:, 3:])
   sampled = tf.generate(model, params, prompt, 5, temperature=1.0, top_k=1,
                         rng=jax.random.key(4))
@@ -177,3 +178,15 @@ def test_errors_name_the_problem():
     _config(features=18)
   with pytest.raises(ValueError, match="max_len=20"):
     tf.lm_decoding_fns(model, variables["params"], x[:, :2], 20)
+
+
+def test_generate_compiles_once_per_shape():
+  model = tf.DecoderOnlyLM(_config(positions="rotary"))
+  prompt = _tokens(7, (B, 3))
+  params = model.init(jax.random.key(0), prompt)["params"]
+  tf.generate(model, params, prompt, 4, temperature=1.0, rng=jax.random.key(0))
+  before = tf._generate._cache_size()
+  tf.generate(model, params, (prompt + 1) % VOCAB, 4, temperature=1.0, rng=jax.random.key(1))
+  assert tf._generate._cache_size() == before
+  with pytest.raises(ValueError, match="max_length=12"):
+    tf.generate(model, params, prompt, 10)
