@@ -39,6 +39,8 @@ def test_bigram_baseline_and_batches():
 
 
 def test_config_checks():
+  for preset in ("default", "gpu", "tiny"):
+    transformer_lm.validate(configs.get_config(preset))
   config = configs.get_config("tiny")
   config.data.source = "files"
   with pytest.raises(ValueError, match="data.paths"):
