@@ -1,0 +1,76 @@
+"""The CNN +/- self-attention experiment: tiny run end to end, attention maps, config checks."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from attention_jax import training
+from experiments import cnn_self_attention
+from experiments.configs import cnn_self_attention as configs
+
+
+@pytest.mark.parametrize("variant", cnn_self_attention.VARIANTS)
+def test_models_fit_a_fixed_batch(variant):
+  """Both variants can learn: the loss on one repeated batch falls."""
+  config = configs.get_config("tiny")
+  config.schedule, config.learning_rate = "constant", 1e-2
+  data = cnn_self_attention.ShapesData(config)
+  batch = data.train(0)
+  model = cnn_self_attention.make_model(config, variant, data.num_classes)
+  state, _ = cnn_self_attention.init_state(config, model, batch)
+  step = training.make_train_step(cnn_self_attention._loss_fn(model))
+  losses = []
+  for _ in range(60):
+    state, sums = step(state, batch)
+    losses.append(float(sums["loss_sum"]))
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_attention_weights_are_rows_over_the_grid():
+  config = configs.get_config("tiny")
+  data = cnn_self_attention.ShapesData(config)
+  model = cnn_self_attention.make_model(config, "cnn_attention", 2)
+  images = data.test()["images"][:2]
+  params = model.init(jax.random.key(0), images)["params"]
+  weights = cnn_self_attention.attention_weights(model, params, images)
+  assert weights.shape == (2, 64, 64)  # 16x16 pooled once to 8x8
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_tiny_run_writes_eval_json_and_attention_maps(tmp_path):
+  workdir = str(tmp_path / "run")
+  results = cnn_self_attention.run(configs.get_config("tiny"), workdir)
+  assert set(results["variants"]) == {"cnn", "cnn_attention"}
+  for result in results["variants"].values():
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+  with_attention = results["variants"]["cnn_attention"]
+  assert with_attention["parameters"] > results["variants"]["cnn"]["parameters"]
+  assert os.path.getsize(os.path.join(workdir, "attention_maps.png")) > 1000
+  with open(os.path.join(workdir, "eval.json")) as f:
+    written = json.load(f)
+  assert written["variants"]["cnn"]["test_accuracy"] == results["variants"]["cnn"]["test_accuracy"]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("variants", ("cnn", "vit"), r"config.variants must be a non-empty tuple of distinct"),
+    ("data.source", "folder", r"config.data.source must be one of"),
+    ("model.attention_after", 3, r"config.model.attention_after \(3\) must be <= len"),
+    ("model.channels", (8, 0), r"config.model.channels must be a non-empty tuple of ints"),
+])
+def test_bad_config_fields_are_named(field, value, match):
+  config = configs.get_config("tiny")
+  node = config
+  *parents, leaf = field.split(".")
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=match):
+    cnn_self_attention.validate(config)
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match="unknown cnn_self_attention preset 'huge'"):
+    configs.get_config("huge")
