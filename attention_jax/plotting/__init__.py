@@ -2,5 +2,9 @@
 
 from attention_jax.plotting.heatmaps import plot_attention
 from attention_jax.plotting.heatmaps import plot_attention_grid
+from attention_jax.plotting.overlays import plot_attention_overlay
+from attention_jax.plotting.overlays import plot_caption_grid
 
-__all__ = ["plot_attention", "plot_attention_grid"]
+__all__ = [
+    "plot_attention", "plot_attention_grid", "plot_attention_overlay", "plot_caption_grid",
+]

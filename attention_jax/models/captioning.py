@@ -1,0 +1,216 @@
+"""Image captioning with soft attention over a CNN feature grid (Show, Attend and Tell, Xu 2015).
+
+Encoder: a small CNN maps an image ``[B, S, S, 3]`` to a grid ``h [B, H, W, C]`` (plus a learned
+position embedding, so the decoder can tell left from right), flattened to ``N = H * W``
+annotation vectors.
+
+Decoder, one step (``s = (c, h)`` the LSTM state, ``y`` the previous word):
+
+  ``a_t = softmax_ij(v . tanh(W_q h_{t-1} + W_k h_ij))``   (``layers.AdditiveAttention``)
+  ``z_t = beta_t * sum_ij a_tij h_ij``, ``beta_t = sigmoid(w_beta . h_{t-1} + b)``  (gating scalar)
+  ``s_t = LSTM([embed(y_{t-1}); z_t], s_{t-1})``
+  ``logits_t = W_out [h_t; z_t; embed(y_{t-1})] + b``
+
+with ``c_0 = tanh(W_c mean_ij h_ij)``, ``h_0 = tanh(W_h mean_ij h_ij)``. Training adds Xu et
+al.'s doubly stochastic regulariser :func:`doubly_stochastic_penalty`.
+
+As in :mod:`attention_jax.models.seq2seq`: ``encode -> initial_state -> decode_step``, teacher
+forcing scans the same ``decode_step``, and :func:`decoding_fns` plugs into
+:mod:`attention_jax.decoding`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax import layers
+
+Array = jax.Array
+Dtype = Any
+
+
+@flax.struct.dataclass
+class CaptionMemory:
+  """What the decoder reads at every step: ``features [B, N, C]`` (the grid, flattened row-major)
+  and ``keys [B, N, attention_dim]`` (the projected keys, computed once per image)."""
+  features: Array
+  keys: Array
+
+
+class ConvEncoder(nn.Module):
+  """3x3 convolutions with ReLU; ``strides`` downsample, so the grid is ``S / prod(strides)``.
+
+  Attributes:
+    channels: output channels per layer.
+    strides: stride per layer (same length as ``channels``).
+    position_embedding: add a learned ``[H, W, C]`` table to the last layer's output.
+  """
+  channels: Sequence[int] = (32, 64, 64)
+  strides: Sequence[int] = (1, 2, 2)
+  position_embedding: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images) -> Array:
+    """``images [B, S, S, 3]`` (uint8 or float in [0, 1]) -> ``grid [B, H, W, C]``."""
+    if len(self.channels) != len(self.strides) or not self.channels:
+      raise ValueError(f"channels {tuple(self.channels)} and strides {tuple(self.strides)} must "
+                       "be non-empty and of the same length")
+    if jnp.ndim(images) != 4 or jnp.shape(images)[-1] != 3:
+      raise ValueError(f"images must be [batch, height, width, 3], got shape {jnp.shape(images)}")
+    x = jnp.asarray(images)
+    x = x.astype(self.dtype) / 255.0 if x.dtype == jnp.uint8 else x.astype(self.dtype)
+    for i, (features, stride) in enumerate(zip(self.channels, self.strides)):
+      x = nn.Conv(features, (3, 3), strides=stride, dtype=self.dtype, param_dtype=self.param_dtype,
+                  name=f"conv{i}")(x)
+      if i < len(self.channels) - 1:
+        x = nn.relu(x)
+    if self.position_embedding:
+      table = self.param("position_embedding", nn.initializers.normal(0.02), x.shape[1:],
+                         self.param_dtype)
+      x = x + table.astype(x.dtype)
+    return x
+
+
+class Captioner(nn.Module):
+  """CNN encoder, attention LSTM decoder (see the module docstring).
+
+  Attributes:
+    vocab_size: output vocabulary (with the reserved pad/bos/eos/unk ids).
+    embed_dim: word embedding width.
+    hidden_dim: LSTM width.
+    attention_dim: hidden width of the additive score.
+    channels, strides: the encoder's convolutions (grid ``S / prod(strides)``, ``C = channels[-1]``).
+    gate: use the gating scalar beta (Xu et al. 2015, section 4.2.1).
+    dropout_rate: dropout before the output layer.
+  """
+  vocab_size: int
+  embed_dim: int = 32
+  hidden_dim: int = 128
+  attention_dim: int = 64
+  channels: Sequence[int] = (32, 64, 64)
+  strides: Sequence[int] = (1, 2, 2)
+  gate: bool = True
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.encoder = ConvEncoder(tuple(self.channels), tuple(self.strides), **dims)
+    self.attend = layers.AdditiveAttention(
+        self.attention_dim, score_init=nn.initializers.normal(self.attention_dim ** -0.5), **dims)
+    self.init_c = nn.Dense(self.hidden_dim, **dims)
+    self.init_h = nn.Dense(self.hidden_dim, **dims)
+    self.gate_dense = nn.Dense(1, **dims)
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim, **dims)
+    self.cell = nn.LSTMCell(self.hidden_dim, **dims)
+    self.output_dense = nn.Dense(self.vocab_size, **dims)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def encode(self, images) -> CaptionMemory:
+    """``images [B, S, S, 3]`` -> :class:`CaptionMemory` with ``N = H * W`` grid positions."""
+    grid = self.encoder(images)
+    features = grid.reshape(grid.shape[0], -1, grid.shape[-1])
+    return CaptionMemory(features, self.attend.project_keys(features))
+
+  def grid_shape(self, image_size: int) -> tuple[int, int]:
+    """``(H, W)`` of the grid for square ``image_size`` images (SAME padding)."""
+    size = image_size
+    for stride in self.strides:
+      size = -(-size // stride)
+    return size, size
+
+  def initial_state(self, memory: CaptionMemory):
+    """The LSTM carry ``(c_0, h_0)`` from the mean feature, each ``[B, hidden_dim]``."""
+    mean = memory.features.mean(axis=1)
+    return jnp.tanh(self.init_c(mean)), jnp.tanh(self.init_h(mean))
+
+  def decode_step(self, memory: CaptionMemory, state, tokens, deterministic: bool = True):
+    """One word.
+
+    Args:
+      memory: from :meth:`encode`.
+      state: the LSTM carry from :meth:`initial_state` or the previous step.
+      tokens: int ``[B]``, the previous words (BOS first).
+      deterministic: disables dropout.
+
+    Returns:
+      ``(logits [B, V], new_state, attention_weights [B, N])``, the weights summing to one.
+    """
+    if jnp.ndim(tokens) != 1 or not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+      raise ValueError(f"tokens must be int [batch], got {jnp.result_type(tokens)}"
+                       f"{list(jnp.shape(tokens))}")
+    if tokens.shape[0] != memory.features.shape[0]:
+      raise ValueError(f"tokens has batch {tokens.shape[0]} but memory has batch "
+                       f"{memory.features.shape[0]}")
+    query = state[1]
+    context, weights = self.attend(query, memory.features, memory.features,
+                                   projected_keys=memory.keys, return_weights=True)
+    if self.gate:
+      context = context * nn.sigmoid(self.gate_dense(query))
+    embedded = self.embed(tokens)
+    context = context.astype(embedded.dtype)
+    state, output = self.cell(state, jnp.concatenate([embedded, context], axis=-1))
+    features = self.dropout(jnp.concatenate([output, context, embedded], axis=-1),
+                            deterministic=deterministic)
+    return self.output_dense(features), state, weights
+
+  def __call__(self, images, decoder_inputs, deterministic: bool = True):
+    """Teacher forcing: ``images [B, S, S, 3]``, ``decoder_inputs int [B, T]`` (BOS + words)
+    -> ``(logits [B, T, V], attention [B, T, N])``."""
+    if jnp.ndim(decoder_inputs) != 2 or decoder_inputs.shape[0] != jnp.shape(images)[0]:
+      raise ValueError(f"decoder_inputs must be int [batch, T] with the batch of images "
+                       f"{jnp.shape(images)}, got shape {jnp.shape(decoder_inputs)}")
+    memory = self.encode(images)
+
+    def step(module, state, memory, tokens):
+      logits, state, weights = module.decode_step(memory, state, tokens, deterministic)
+      return state, (logits, weights)
+
+    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                   in_axes=(nn.broadcast, 1), out_axes=1)
+    _, (logits, weights) = scan(self, self.initial_state(memory), memory, decoder_inputs)
+    return logits, weights
+
+
+def doubly_stochastic_penalty(weights, mask) -> Array:
+  """Xu et al.'s regulariser per example: ``sum_i (1 - sum_t mask_t a_ti)^2``.
+
+  Args:
+    weights: ``[B, T, N]`` attention weights.
+    mask: ``[B, T]`` (bool or 0/1), the real (non-padding) steps.
+
+  Returns:
+    float32 ``[B]``; multiply by lambda and average over the batch for the loss.
+  """
+  weights = jnp.asarray(weights, jnp.float32)
+  if jnp.ndim(weights) != 3 or jnp.shape(mask) != weights.shape[:2]:
+    raise ValueError(f"weights must be [B, T, N] and mask [B, T]; got weights {weights.shape}, "
+                     f"mask {jnp.shape(mask)}")
+  coverage = jnp.sum(weights * jnp.asarray(mask, jnp.float32)[..., None], axis=1)
+  return jnp.sum((1.0 - coverage) ** 2, axis=-1)
+
+
+def decoding_fns(model: Captioner, variables, images):
+  """``(init_fn, step_fn)`` for :func:`attention_jax.decoding.greedy_decode` / ``beam_search``;
+  the state is ``(memory, lstm_state)``, the step's extras the attention weights ``[B, N]``."""
+  memory = model.apply(variables, images, method=Captioner.encode)
+  start = model.apply(variables, memory, method=Captioner.initial_state)
+
+  def init_fn():
+    return memory, start
+
+  def step_fn(state, tokens):
+    memory, lstm_state = state
+    logits, lstm_state, weights = model.apply(variables, memory, lstm_state, tokens,
+                                              method=Captioner.decode_step)
+    return logits, (memory, lstm_state), weights
+
+  return init_fn, step_fn
