@@ -18,12 +18,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from attention_jax.ops import blockwise
 from attention_jax.ops import masks as masks_lib
 from attention_jax.ops import validation
 
 Array = jax.Array
 
-IMPLEMENTATIONS: tuple[str, ...] = ("reference",)
+IMPLEMENTATIONS: tuple[str, ...] = ("reference", "flash", "cudnn")
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:
@@ -141,18 +142,87 @@ def _reference_attention(query, key, value, bias, mask, is_causal, scale, query_
   return out.astype(query.dtype), weights
 
 
-_IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array]]] = {
-    "reference": _reference_attention,
+def _flash_attention(query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
+                     dropout_rate, dropout_rng, block_sizes=None):
+  """Blockwise online-softmax path (:mod:`attention_jax.ops.blockwise`); linear memory."""
+  del dropout_rng
+  if dropout_rate > 0.0:
+    raise ValueError(
+        "implementation='flash' does not support dropout_rate > 0; use implementation='reference' "
+        "or None (which picks a path that supports dropout)")
+  out = blockwise.flash_attention(
+      query, key, value, bias, mask, is_causal=is_causal, scale=scale,
+      query_lengths=query_lengths, key_lengths=key_lengths, block_sizes=block_sizes)
+  return out, None
+
+
+def _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
+                    dropout_rate) -> bool:
+  """Whether ``jax.nn.dot_product_attention(implementation="cudnn")`` computes exactly our
+  semantics. Conservative: no bias/mask/lengths (cuDNN's fully-masked rows are not guaranteed to be
+  zero), causal only when top-left and bottom-right alignment coincide."""
+  if jax.default_backend() != "gpu":
+    return False
+  q_len, kv_len = query.shape[-3], key.shape[-3]
+  head_dim = query.shape[-1]
+  return (query.ndim == 4 and query.dtype in (jnp.bfloat16, jnp.float16)
+          and key.dtype == query.dtype and value.dtype == query.dtype
+          and value.shape[-1] == head_dim and head_dim % 8 == 0 and head_dim <= 128
+          and bias is None and mask is None and query_lengths is None and key_lengths is None
+          and dropout_rate == 0.0 and (not is_causal or q_len == kv_len))
+
+
+def _cudnn_attention(query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
+                     dropout_rate, dropout_rng, block_sizes=None):
+  """cuDNN's fused kernel through ``jax.nn`` (GPU, fp16/bf16, no mask/bias/lengths/dropout)."""
+  del dropout_rng, block_sizes
+  if not _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
+                         dropout_rate):
+    raise ValueError(
+        "implementation='cudnn' needs a GPU, 4-D fp16/bf16 inputs with v_dim == head_dim <= 128, "
+        "and no bias, mask, lengths or dropout (causal only with q_len == kv_len); "
+        "use implementation=None to pick a supported path")
+  out = jax.nn.dot_product_attention(query, key, value, scale=scale, is_causal=is_causal,
+                                     implementation="cudnn")
+  return out, None
+
+
+def _reference_impl(query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
+                    dropout_rate, dropout_rng, block_sizes=None):
+  del block_sizes
+  return _reference_attention(query, key, value, bias, mask, is_causal, scale, query_lengths,
+                              key_lengths, dropout_rate, dropout_rng)
+
+
+_IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array | None]]] = {
+    "reference": _reference_impl,
+    "flash": _flash_attention,
+    "cudnn": _cudnn_attention,
 }
+_WEIGHT_IMPLEMENTATIONS = ("reference",)
+# Below this many logits per (batch, head) the reference path's few big ops beat the block loop.
+_FLASH_MIN_LOGITS = 128 * 128
 
 
-def _resolve_implementation(implementation: str | None) -> str:
+def _resolve_implementation(implementation: str | None, query, key, value, bias, mask, is_causal,
+                            query_lengths, key_lengths, dropout_rate, return_weights) -> str:
   if implementation is None:
+    if return_weights or dropout_rate > 0.0:
+      return "reference"
+    if _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
+                       dropout_rate):
+      return "cudnn"
+    if query.shape[-3] * key.shape[-3] >= _FLASH_MIN_LOGITS:
+      return "flash"
     return "reference"
   if implementation not in _IMPLEMENTATION_FNS:
     raise ValueError(
         f"implementation must be one of {sorted(_IMPLEMENTATION_FNS)} or None, "
         f"got {implementation!r}")
+  if return_weights and implementation not in _WEIGHT_IMPLEMENTATIONS:
+    raise ValueError(
+        f"implementation={implementation!r} cannot return the attention weights; use "
+        f"implementation='reference' or None with return_weights=True")
   return implementation
 
 
@@ -171,6 +241,7 @@ def dot_product_attention(
     dropout_rng=None,
     return_weights: bool = False,
     implementation: str | None = None,
+    block_sizes: tuple[int, int] | None = None,
 ):
   """Scaled dot-product attention: ``softmax(Q K^T * scale + bias, masked) V`` per head.
 
@@ -191,8 +262,14 @@ def dot_product_attention(
       ``1 - dropout_rate``, so a row of the returned weights may sum to more than one).
     dropout_rng: PRNG key, required when ``dropout_rate > 0``.
     return_weights: also return the attention weights actually applied.
-    implementation: ``None`` picks the best available path; ``"reference"`` materialises the
-      weights. All paths share this signature and are tested against ``"reference"``.
+    implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
+      where it applies, else ``"flash"`` for all but tiny shapes, and ``"reference"`` whenever
+      weights or dropout are requested. ``"reference"`` materialises the weights; ``"flash"`` is
+      blockwise with an online softmax and linear memory (no dropout, no weights); ``"cudnn"`` is
+      ``jax.nn``'s fused GPU kernel (fp16/bf16, no mask/bias/lengths). All paths share this
+      signature and are tested against ``"reference"``.
+    block_sizes: ``(block_q, block_k)`` for ``"flash"``; default
+      :func:`attention_jax.ops.blockwise.default_block_sizes`.
 
   Returns:
     ``out [batch..., q_len, heads, v_dim]`` in the input dtype, or
@@ -202,12 +279,13 @@ def dot_product_attention(
     ValueError / TypeError at trace time for inconsistent shapes, dtypes, masks or arguments.
   """
   validation.check_dropout(dropout_rate, dropout_rng)
-  impl = _resolve_implementation(implementation)
   query, key, value, scale = _check_and_prepare(
       query, key, value, bias, mask, query_lengths, key_lengths, scale)
+  impl = _resolve_implementation(implementation, query, key, value, bias, mask, is_causal,
+                                 query_lengths, key_lengths, dropout_rate, return_weights)
   out, weights = _IMPLEMENTATION_FNS[impl](
       query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
-      dropout_rate, dropout_rng)
+      dropout_rate, dropout_rng, block_sizes=block_sizes)
   if return_weights:
     return out, weights.astype(query.dtype)
   return out
