@@ -1,8 +1,8 @@
 r"""Three ways of processing sequences: an RNN, a 1D CNN and self-attention on one long-range task.
 
-The task (:mod:`attention_jax.data.distance_task`): is the marked token equal to the last token,
-``d`` positions later? The answer is read at the last position, so ``d`` is how far information
-has to travel. Three models of about the same parameter count
+The task (:mod:`attention_jax.data.distance_task`, ``config.task.mode``): which symbol is marked,
+``d`` positions before the last token ("recall"), or is it equal to the last token ("match")? The
+answer is read at the last position, so ``d`` is how far information has to travel. Three models of about the same parameter count
 (:mod:`attention_jax.models.sequence_models`) are trained with the same budget, then measured.
 Into ``--workdir`` go:
 
@@ -54,6 +54,7 @@ CONFIG_SCHEMA = {
     **training.TRAINING_SCHEMA,
     "task.length": (training.is_int(), training.greater_than(1)),
     "task.num_symbols": (training.is_int(), training.greater_than(1)),
+    "task.mode": (training.one_of(*distance_task.MODES),),
     "rnn.cell_type": (training.one_of(*sequence_models.CELL_TYPES),),
     "rnn.embed_dim": _positive_int,
     "rnn.hidden_dim": _positive_int,
@@ -66,6 +67,7 @@ CONFIG_SCHEMA = {
     "attention.depth": _positive_int,
     "attention.num_heads": _positive_int,
     "attention.mlp_dim": _positive_int,
+    "attention.implementation": (training.optional(training.one_of("reference", "flash")),),
     "eval.examples_per_distance": (training.is_int(), training.greater_than(1)),
     "eval.batch_size": _positive_int,
     "eval.learned_threshold": (training.is_number(), training.greater_than(0.5),
@@ -96,22 +98,24 @@ def _cross_checks(config) -> None:
 
 
 def make_task(config) -> distance_task.DistanceTask:
-  return distance_task.DistanceTask(config.task.length, config.task.num_symbols)
+  return distance_task.DistanceTask(config.task.length, config.task.num_symbols,
+                                    mode=config.task.mode)
 
 
-def make_model(config, name: str, vocab_size: int) -> nn.Module:
+def make_model(config, name: str, task: distance_task.DistanceTask) -> nn.Module:
+  vocab_size, classes = task.vocab_size, task.num_classes
   if name == "rnn":
     c = config.rnn
-    return sequence_models.RecurrentClassifier(vocab_size, 2, c.embed_dim, c.hidden_dim,
+    return sequence_models.RecurrentClassifier(vocab_size, classes, c.embed_dim, c.hidden_dim,
                                                c.num_layers, c.cell_type)
   if name == "cnn":
     c = config.cnn
-    return sequence_models.ConvClassifier(vocab_size, 2, c.width, c.depth, c.kernel_size,
+    return sequence_models.ConvClassifier(vocab_size, classes, c.width, c.depth, c.kernel_size,
                                           c.dilation_base)
   if name == "attention":
     c = config.attention
-    return sequence_models.AttentionClassifier(vocab_size, 2, c.width, c.depth, c.num_heads,
-                                               c.mlp_dim)
+    return sequence_models.AttentionClassifier(vocab_size, classes, c.width, c.depth,
+                                               c.num_heads, c.mlp_dim, c.implementation)
   raise ValueError(f"model name must be one of {MODELS}, got {name!r}")
 
 
@@ -172,7 +176,7 @@ def longest_learned(accuracy: dict[int, float], threshold: float) -> int:
 def benchmark(config, model, length: int) -> dict[str, float]:
   """Train throughput, time per step and the forward pass's memory at ``length``."""
   batch_size = config.benchmark.batch_size
-  task = distance_task.DistanceTask(length, config.task.num_symbols)
+  task = distance_task.DistanceTask(length, config.task.num_symbols, mode=config.task.mode)
   batch = task.batch(config.seed, 0, batch_size)
   state, _ = _init_state(config, model, length, batch_size)
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
@@ -194,7 +198,7 @@ def benchmark(config, model, length: int) -> dict[str, float]:
   return result
 
 
-def plot_accuracy(models: dict[str, Any], threshold: float, path: str) -> str:
+def plot_accuracy(models: dict[str, Any], threshold: float, chance: float, path: str) -> str:
   fig, ax = plt.subplots(figsize=(7, 4))
   for name, result in models.items():
     accuracy = result["accuracy_by_distance"]
@@ -205,10 +209,10 @@ def plot_accuracy(models: dict[str, Any], threshold: float, path: str) -> str:
       ax.axvline(result["receptive_field"] - 1, color="gray", linestyle=":",
                  label="CNN receptive field - 1")
   ax.axhline(threshold, color="gray", linestyle="--", linewidth=0.8)
-  ax.axhline(0.5, color="black", linewidth=0.5)
+  ax.axhline(chance, color="black", linewidth=0.5, label="chance")
   ax.set_xlabel("distance d between the marked token and the last token")
   ax.set_ylabel("test accuracy")
-  ax.set_ylim(0.4, 1.02)
+  ax.set_ylim(0.0, 1.02)
   ax.set_title("Same training budget: accuracy against dependency length")
   ax.legend(fontsize=8)
   return _save(fig, path)
@@ -254,7 +258,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   results: dict[str, Any] = {"config": training.config_to_dict(config),
                              "device": jax.devices()[0].device_kind, "models": {}}
   for name in config.models:
-    model = make_model(config, name, task.vocab_size)
+    model = make_model(config, name, task)
     model_start = time.perf_counter()
     state = train_model(config, os.path.join(workdir, name), model, task)
     train_seconds = time.perf_counter() - model_start
@@ -275,7 +279,7 @@ def run(config, workdir: str) -> dict[str, Any]:
           f"{model_results['longest_distance_learned']}", flush=True)
 
   results["accuracy_vs_distance_png"] = plot_accuracy(
-      results["models"], config.eval.learned_threshold,
+      results["models"], config.eval.learned_threshold, 1 / task.num_classes,
       os.path.join(workdir, "accuracy_vs_distance.png"))
   results["speed_memory_vs_length_png"] = plot_speed_memory(
       results["models"], os.path.join(workdir, "speed_memory_vs_length.png"))

@@ -1,16 +1,19 @@
-"""Long-range matching: is the marked token equal to the last one, ``distance`` positions later?
+"""Long-range dependencies of a set length: the marked token, ``distance`` positions before the end.
 
 A sequence of ``length`` tokens. Every position holds a plain symbol ``1..num_symbols`` except one,
 ``length - 1 - distance``, which holds a *marked* symbol ``num_symbols + s`` (symbol ``s``, marked).
-The label is 1 when the marked symbol equals the last token (``x[-1] == s``), else 0. The two tokens
-that matter are ``distance`` positions apart, and the answer is read at the last position, so the
+The answer is read at the last position, ``distance`` positions after the marked token, so the
 distance sets how far information has to travel: a causal convolution whose receptive field is
 shorter than ``distance + 1`` cannot see the marked token, an RNN has to carry it through
-``distance`` steps of distractors, self-attention reaches it in one step.
+``distance`` steps of distractors, self-attention reaches it in one step. Two modes:
 
-Labels are balanced by construction (a fair coin chooses the label, then the last token is set to
-match or not), and every other position is an independent uniform plain symbol, so no other
-statistic of the sequence carries the label.
+* ``"recall"`` (``num_symbols`` classes): the label is ``s - 1``, which symbol is marked.
+* ``"match"`` (2 classes): is the marked symbol equal to the last token (``x[-1] == s``)? Harder
+  to learn: the model must compare two tokens, an XOR-like problem with a long plateau at chance.
+
+Labels are uniform by construction (drawn first, then the tokens are set to fit), and every other
+position is an independent uniform plain symbol, so no other statistic of the sequence carries
+the label.
 
 Why a NumPy generator and not a TFDS builder like :mod:`attention_jax.data.dates`: the task is
 synthetic and unbounded, so a dataset on disk would only add a preparation step. Instead
@@ -29,6 +32,7 @@ import dataclasses
 
 import numpy as np
 
+MODES = ("recall", "match")
 _TRAIN, _TEST = 0, 1  # the stream an example comes from: test keys never collide with train keys
 
 
@@ -40,11 +44,13 @@ class DistanceTask:
     length: tokens per sequence (>= 2).
     num_symbols: plain symbols (>= 2).
     max_distance: the largest distance sampled (default and at most ``length - 1``).
+    mode: ``"recall"`` or ``"match"`` (see the module docstring).
   """
 
   length: int
   num_symbols: int = 8
   max_distance: int | None = None
+  mode: str = "recall"
 
   def __post_init__(self):
     if self.length < 2:
@@ -54,6 +60,12 @@ class DistanceTask:
     if self.max_distance is not None and not 1 <= self.max_distance <= self.length - 1:
       raise ValueError(
           f"max_distance must be in [1, length - 1 = {self.length - 1}], got {self.max_distance}")
+    if self.mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+  @property
+  def num_classes(self) -> int:
+    return self.num_symbols if self.mode == "recall" else 2
 
   @property
   def vocab_size(self) -> int:
@@ -69,7 +81,7 @@ class DistanceTask:
 
     Args:
       distances: int ``[batch]``, each in ``[1, length - 1]``.
-      labels: int ``[batch]``, each 0 or 1.
+      labels: int ``[batch]``, each in ``[0, num_classes)``.
       rng: the source of the symbols.
 
     Returns:
@@ -83,16 +95,20 @@ class DistanceTask:
     if distances.size and (distances.min() < 1 or distances.max() > self.length - 1):
       raise ValueError(f"distances must be in [1, length - 1 = {self.length - 1}], got "
                        f"[{distances.min()}, {distances.max()}]")
-    if not np.isin(labels, (0, 1)).all():
-      raise ValueError(f"labels must be 0 or 1, got {np.unique(labels)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+      raise ValueError(f"labels must be in [0, {self.num_classes - 1}] for mode {self.mode!r}, "
+                       f"got {np.unique(labels)}")
     batch, k = len(distances), self.num_symbols
     inputs = rng.integers(1, k + 1, size=(batch, self.length), dtype=np.int32)
     rows = np.arange(batch)
-    marked = rng.integers(1, k + 1, size=batch, dtype=np.int32)
-    # A different symbol for negatives: marked + an offset in 1..k-1, wrapped into 1..k.
-    other = (marked - 1 + rng.integers(1, k, size=batch, dtype=np.int32)) % k + 1
+    if self.mode == "recall":
+      marked = labels + 1
+    else:
+      marked = rng.integers(1, k + 1, size=batch, dtype=np.int32)
+      # A different symbol for negatives: marked + an offset in 1..k-1, wrapped into 1..k.
+      other = (marked - 1 + rng.integers(1, k, size=batch, dtype=np.int32)) % k + 1
+      inputs[:, -1] = np.where(labels == 1, marked, other)
     inputs[rows, self.length - 1 - distances] = marked + k
-    inputs[:, -1] = np.where(labels == 1, marked, other)
     return {"inputs": inputs, "labels": labels, "distances": distances}
 
   def batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -100,11 +116,11 @@ class DistanceTask:
     return self._sample((seed, _TRAIN, step), batch_size)
 
   def test_set(self, seed: int, examples_per_distance: int) -> dict[str, np.ndarray]:
-    """``examples_per_distance`` examples at every distance (half of each label), in distance
-    order; from a stream the training batches never use."""
+    """``examples_per_distance`` examples at every distance (labels cycling through the classes),
+    in distance order; from a stream the training batches never use."""
     rng = _rng((seed, _TEST, 0))
     distances = np.repeat(self.distances, examples_per_distance)
-    labels = np.tile(np.arange(examples_per_distance) % 2, len(self.distances))
+    labels = np.tile(np.arange(examples_per_distance) % self.num_classes, len(self.distances))
     return self.make(distances, labels, rng)
 
   def _sample(self, key, batch_size: int) -> dict[str, np.ndarray]:
@@ -112,11 +128,11 @@ class DistanceTask:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rng = _rng(key)
     distances = rng.integers(1, len(self.distances) + 1, size=batch_size, dtype=np.int32)
-    labels = rng.integers(0, 2, size=batch_size, dtype=np.int32)
+    labels = rng.integers(0, self.num_classes, size=batch_size, dtype=np.int32)
     return self.make(distances, labels, rng)
 
 
-def label_of(inputs, num_symbols: int) -> np.ndarray:
+def label_of(inputs, num_symbols: int, mode: str = "recall") -> np.ndarray:
   """The label computed back from the tokens (a check of :meth:`DistanceTask.make`).
 
   Args:
@@ -130,6 +146,8 @@ def label_of(inputs, num_symbols: int) -> np.ndarray:
   if not (is_marked.sum(axis=1) == 1).all():
     raise ValueError("every row of inputs must hold exactly one marked token")
   marked = inputs[is_marked] - num_symbols
+  if mode == "recall":
+    return (marked - 1).astype(np.int32)
   return (marked == inputs[:, -1]).astype(np.int32)
 
 

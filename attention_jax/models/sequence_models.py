@@ -159,6 +159,9 @@ class AttentionClassifier(nn.Module):
     depth: Transformer blocks.
     num_heads: attention heads.
     mlp_dim: hidden width of each block's MLP.
+    implementation: passed to :func:`ops.dot_product_attention`; ``"reference"`` materialises
+      the ``[length, length]`` weights (the textbook O(length^2) memory), ``None`` lets long
+      sequences take the blockwise path with linear memory.
   """
 
   vocab_size: int
@@ -167,6 +170,7 @@ class AttentionClassifier(nn.Module):
   depth: int
   num_heads: int
   mlp_dim: int
+  implementation: str | None = None
 
   @nn.compact
   def __call__(self, tokens, *, sow_weights: bool = False) -> Array:
@@ -174,8 +178,9 @@ class AttentionClassifier(nn.Module):
     x = nn.Embed(self.vocab_size, self.width, name="embed")(_check_tokens(tokens))
     x = layers.SinusoidalPositionalEncoding(name="positions")(x)
     for i in range(self.depth):
-      x = layers.TransformerBlock(self.num_heads, self.mlp_dim, dropout_rate=0.0,
-                                  pre_norm=True, name=f"block_{i}")(x, sow_weights=sow_weights)
+      x = layers.TransformerBlock(self.num_heads, self.mlp_dim, dropout_rate=0.0, pre_norm=True,
+                                  implementation=self.implementation,
+                                  name=f"block_{i}")(x, sow_weights=sow_weights)
     x = nn.LayerNorm(name="final_norm")(x)
     return nn.Dense(self.num_classes, name="head")(x[:, -1])
 

@@ -46,9 +46,10 @@ def test_depth_for_covers_the_distance():
 
 def test_models_have_about_the_same_parameter_count():
   config = configs.get_config()
+  task = sequence_processing.make_task(config)
   counts = []
   for name in sequence_processing.MODELS:
-    model = sequence_processing.make_model(config, name, 17)
+    model = sequence_processing.make_model(config, name, task)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32)))
     counts.append(sequence_models.parameter_count(shapes["params"]))
   assert max(counts) < 1.25 * min(counts), counts
@@ -64,15 +65,17 @@ def test_longest_learned_needs_every_shorter_distance():
 def test_tiny_config_learns(name):
   """Each model's loss falls on the tiny config (the train step without the loop's I/O)."""
   config = configs.get_config("tiny")
+  config.schedule = "constant"
   task = sequence_processing.make_task(config)
-  model = sequence_processing.make_model(config, name, task.vocab_size)
+  model = sequence_processing.make_model(config, name, task)
   state, _ = sequence_processing._init_state(config, model, task.length, 1)
   step = training.make_train_step(sequence_processing._loss_fn(model))
   losses = []
-  for i in range(config.num_steps):
+  for i in range(40):
     state, sums = step(state, task.batch(config.seed, i, config.batch_size))
-    losses.append(float(sums["loss_sum"]))
-  assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), losses
+    losses.append(sums["loss_sum"])
+  losses = [float(x) for x in losses]
+  assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
 
 
 def test_run_writes_pngs_and_eval_json(tmp_path):
@@ -103,7 +106,7 @@ def test_tiny_run_learns_and_writes_results(tmp_path):
     losses = [row["loss"] for row in log if row.get("split") == "train"]
     assert losses[-1] < 0.9 * losses[0], f"{name} did not learn: {losses}"
     assert sorted(result["accuracy_by_distance"]) == list(range(1, config.task.length))
-    assert result["test_accuracy"] > 0.6, f"{name}: {result['test_accuracy']}"
+    assert result["test_accuracy"] > 0.6, f"{name}: {result['test_accuracy']}"  # chance 0.5
     lengths = [row["length"] for row in result["benchmark"]]
     assert lengths == list(config.benchmark.lengths)
     for row in result["benchmark"]:
