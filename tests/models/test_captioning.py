@@ -1,0 +1,131 @@
+"""Captioner: shapes, teacher forcing == stepwise decoding, weights, penalty, greedy == beam(1),
+and a tiny model that learns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from attention_jax import decoding
+from attention_jax.models import captioning
+
+VOCAB = 9
+SMALL = dict(vocab_size=VOCAB, embed_dim=8, hidden_dim=16, attention_dim=8, channels=(4, 8),
+             strides=(2, 2))
+
+
+def _setup(batch=3, size=16, steps=5, seed=0):
+  model = captioning.Captioner(**SMALL)
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (batch, size, size, 3)).astype(np.uint8)
+  tokens = jnp.asarray(rng.integers(1, VOCAB, (batch, steps)), jnp.int32)
+  variables = model.init(jax.random.key(seed), images, tokens)
+  return model, variables, images, tokens
+
+
+def test_shapes_and_weights_sum_to_one_over_the_grid():
+  model, variables, images, tokens = _setup()
+  logits, weights = model.apply(variables, images, tokens)
+  assert logits.shape == (3, 5, VOCAB)
+  assert model.grid_shape(16) == (4, 4)
+  assert weights.shape == (3, 5, 16)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+  assert np.all(np.asarray(weights) >= 0)
+
+
+def test_teacher_forcing_equals_stepwise_decoding():
+  model, variables, images, tokens = _setup()
+  logits, weights = model.apply(variables, images, tokens)
+  init_fn, step_fn = captioning.decoding_fns(model, variables, images)
+  state = init_fn()
+  for t in range(tokens.shape[1]):
+    step_logits, state, step_weights = step_fn(state, tokens[:, t])
+    np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(step_weights, weights[:, t], rtol=1e-5, atol=1e-6)
+
+
+def test_initial_state_comes_from_the_mean_feature():
+  model, variables, images, _ = _setup()
+  memory = model.apply(variables, images, method=captioning.Captioner.encode)
+  c0, h0 = model.apply(variables, memory, method=captioning.Captioner.initial_state)
+  params = variables["params"]
+  mean = np.asarray(memory.features).mean(axis=1)
+  expected = np.tanh(mean @ params["init_h"]["kernel"] + params["init_h"]["bias"])
+  np.testing.assert_allclose(h0, expected, rtol=1e-5, atol=1e-6)
+  assert c0.shape == h0.shape == (3, 16)
+
+
+def test_gate_scales_the_context():
+  model, variables, images, tokens = _setup()
+  closed = jax.tree.map(lambda x: x, variables)
+  closed["params"]["gate_dense"]["bias"] = jnp.full((1,), -1e4)
+  closed["params"]["gate_dense"]["kernel"] = jnp.zeros_like(closed["params"]["gate_dense"]["kernel"])
+  ungated = captioning.Captioner(**SMALL, gate=False)
+  # beta = 0 leaves only the word embedding and state: the same as zeroing every feature's value
+  gated_logits, _ = model.apply(closed, images, tokens)
+  open_logits, _ = ungated.apply(variables, images, tokens)
+  assert not np.allclose(gated_logits, open_logits)
+
+
+def test_doubly_stochastic_penalty_matches_numpy():
+  rng = np.random.default_rng(1)
+  weights = rng.random((2, 4, 6))
+  weights /= weights.sum(-1, keepdims=True)
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  expected = [np.sum((1.0 - weights[b][mask[b]].sum(0)) ** 2) for b in range(2)]
+  np.testing.assert_allclose(captioning.doubly_stochastic_penalty(weights, mask), expected,
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="mask"):
+    captioning.doubly_stochastic_penalty(weights, mask[:, :3])
+
+
+def test_greedy_equals_beam_of_one():
+  model, variables, images, _ = _setup()
+  init_fn, step_fn = captioning.decoding_fns(model, variables, images)
+  greedy, maps = decoding.greedy_decode(init_fn, step_fn, 3, 6, bos_id=1, eos_id=2)
+  beam, _, _ = decoding.beam_search(init_fn, step_fn, 3, 1, 6, bos_id=1, eos_id=2)
+  np.testing.assert_array_equal(greedy, beam)
+  assert maps.shape == (3, 6, 16)
+
+
+def test_errors_name_the_argument():
+  model, variables, images, tokens = _setup()
+  with pytest.raises(ValueError, match="decoder_inputs"):
+    model.apply(variables, images, tokens[:2])
+  with pytest.raises(ValueError, match="images"):
+    model.apply(variables, images[..., :1], tokens)
+
+
+def test_tiny_training_lowers_the_loss():
+  """The caption is the colour of the single bright quadrant: the model must look at the image."""
+  rng = np.random.default_rng(0)
+  n = 64
+  quadrant = rng.integers(0, 4, n)
+  images = np.zeros((n, 16, 16, 3), np.uint8)
+  for i, q in enumerate(quadrant):
+    r, c = divmod(int(q), 2)
+    images[i, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = 255
+  targets = np.stack([quadrant + 4, np.full(n, 2)], 1).astype(np.int32)
+  inputs = np.stack([np.ones(n), quadrant + 4], 1).astype(np.int32)
+  model = captioning.Captioner(**SMALL)
+  params = model.init(jax.random.key(0), images[:2], inputs[:2])["params"]
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+
+  def loss_fn(params):
+    logits, weights = model.apply({"params": params}, images, inputs)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    return ce + 0.01 * captioning.doubly_stochastic_penalty(weights, np.ones((n, 2))).mean()
+
+  @jax.jit
+  def step(params, opt):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt)
+    return optax.apply_updates(params, updates), opt, loss
+
+  first = None
+  for _ in range(60):
+    params, opt, loss = step(params, opt)
+    first = loss if first is None else first
+  assert float(loss) < 0.3 * float(first)
