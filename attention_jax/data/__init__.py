@@ -16,6 +16,13 @@ from attention_jax.data.pipeline import (
     make_train_batches,
     required_lengths,
 )
+from attention_jax.data.shapes_captions import (
+    ShapesCaptions,
+    ShapesCaptionsConfig,
+    WordTokenizer,
+    load_shapes_captions,
+    shapes_captions_builder,
+)
 from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CharTokenizer
 
 __all__ = [
@@ -28,12 +35,17 @@ __all__ = [
     "DatesTranslation",
     "EvalBatches",
     "Seq2SeqEncoder",
+    "ShapesCaptions",
+    "ShapesCaptionsConfig",
     "TrainBatches",
+    "WordTokenizer",
     "build_char_tokenizer",
     "dates_builder",
     "decode_example",
     "eval_batches",
     "load_dates",
+    "load_shapes_captions",
     "make_train_batches",
     "required_lengths",
+    "shapes_captions_builder",
 ]

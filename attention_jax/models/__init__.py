@@ -1,5 +1,9 @@
 """Whole networks built from ops and layers."""
 
+from attention_jax.models.captioning import CaptionMemory
+from attention_jax.models.captioning import Captioner
+from attention_jax.models.captioning import ConvEncoder
+from attention_jax.models.captioning import doubly_stochastic_penalty
 from attention_jax.models.seq2seq import ATTENTION_TYPES
 from attention_jax.models.seq2seq import BidirectionalEncoder
 from attention_jax.models.seq2seq import CELL_TYPES
@@ -22,6 +26,9 @@ __all__ = [
     "ATTENTION_TYPES",
     "BertEncoder",
     "BidirectionalEncoder",
+    "CaptionMemory",
+    "Captioner",
+    "ConvEncoder",
     "CELL_TYPES",
     "Decoder",
     "DecoderOnlyLM",
@@ -33,6 +40,7 @@ __all__ = [
     "Seq2SeqMemory",
     "TransformerConfig",
     "decoding_fns",
+    "doubly_stochastic_penalty",
     "encoder_decoder_decoding_fns",
     "generate",
     "lm_decoding_fns",
