@@ -80,6 +80,7 @@ def test_lm_chunked_decode_with_apply():
     decoder.apply({"params": params, "cache": cache}, x[:, :3], mutable=["cache"])
 
 
+@pytest.mark.slow  # three compilations of the generator; test_transformer_gpt2_import covers it
 def test_generate_greedy_equals_argmax_rollout_and_temperature_zero():
   model = tf.DecoderOnlyLM(_config(positions="learned", pre_norm=True))
   prompt = _tokens(3, (B, 3))
