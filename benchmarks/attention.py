@@ -6,15 +6,27 @@ Times the forward pass and forward+backward (gradient of a sum w.r.t. q, k, v) o
 on the same inputs. Prints a table of median milliseconds and the ratios ours / peer (below 1 means
 we are faster). Machines are noisy: compare ratios from one run, not absolute times across runs.
 
+"ours" is the default path (``implementation=None``); "flash" and "reference" are our explicit
+implementations, timed beside it.
+
   python -m benchmarks.attention                       # default lengths 256 1024
   python -m benchmarks.attention --lengths 256 1024 4096 --causal both --out runs/bench.json
+  python -m benchmarks.attention --memory 8192 16384 32768 65536   # peak RSS, fwd+bwd, per length
+
+``--memory`` runs forward+backward at batch 1, 1 head, head_dim 64 in a fresh subprocess per
+length and implementation and prints each process's peak resident memory; the reference path is
+skipped (and says so) where its ``[L, L]`` weights would not fit in this machine's memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -71,6 +83,10 @@ def peers(causal, length):
   mask = ops.causal_mask(length) if causal else None
   return {
       "ours": lambda q, k, v: ops.dot_product_attention(q, k, v, is_causal=causal),
+      "flash": lambda q, k, v: ops.dot_product_attention(q, k, v, is_causal=causal,
+                                                         implementation="flash"),
+      "reference": lambda q, k, v: ops.dot_product_attention(q, k, v, is_causal=causal,
+                                                             implementation="reference"),
       "jax.nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
       "flax.linen": lambda q, k, v: nn.dot_product_attention(q, k, v, mask=mask,
                                                              deterministic=True),
@@ -103,12 +119,60 @@ def print_row(row):
   for kind in ("fwd", "fwd+bwd"):
     ours = row[f"ours {kind}"]
     parts = [f"{kind}: ours {ours:8.2f} ms"]
-    for peer in ("jax.nn", "flax.linen", "torch"):
+    for peer in ("flash", "reference", "jax.nn", "flax.linen", "torch"):
       if f"{peer} {kind}" in row:
         theirs = row[f"{peer} {kind}"]
         parts.append(f"{peer} {theirs:8.2f} ({ours / theirs:4.2f}x)")
     cells.append("  ".join(parts))
   print(" | ".join(cells), flush=True)
+
+
+def memory_child(length, implementation):
+  """Forward+backward once at batch 1, 1 head, head_dim 64; prints this process's peak RSS (MiB)."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(1, length, 1, 64)), jnp.float32) for _ in range(3))
+  loss = lambda q, k, v: jnp.sum(ops.dot_product_attention(  # noqa: E731
+      q, k, v, is_causal=True, implementation=implementation))
+  jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v))
+  peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+  print(json.dumps({"peak_mib": peak_kib / 1024}))
+
+
+def available_bytes() -> int:
+  with open("/proc/meminfo") as f:
+    info = dict(line.split(":", 1) for line in f)
+  return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def run_memory(lengths):
+  print("peak resident memory of a fresh process, causal forward+backward, batch 1, 1 head, "
+        "head_dim 64, fp32")
+  rows = []
+  for length in lengths:
+    row = {"length": length}
+    for implementation in ("flash", "reference"):
+      # The reference path holds a few [L, L] float32 arrays (logits, weights, their gradients).
+      needed = 3 * length * length * 4
+      if implementation == "reference" and needed > 0.8 * available_bytes():
+        row[implementation] = None
+        print(f"L={length:<6d} {implementation:9s} cannot run: needs ~{needed / 2**30:.0f} GiB "
+              f"for its [L, L] weights, {available_bytes() / 2**30:.0f} GiB available", flush=True)
+        continue
+      start = time.perf_counter()
+      result = subprocess.run(
+          [sys.executable, "-m", "benchmarks.attention", "--memory-child", str(length),
+           implementation], capture_output=True, text=True, env=os.environ.copy())
+      if result.returncode != 0:
+        row[implementation] = None
+        print(f"L={length:<6d} {implementation:9s} failed: "
+              f"{result.stderr.strip().splitlines()[-1:]}", flush=True)
+        continue
+      peak = json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+      row[implementation] = peak
+      print(f"L={length:<6d} {implementation:9s} peak RSS {peak:8.0f} MiB "
+            f"({time.perf_counter() - start:.0f} s incl. start-up)", flush=True)
+    rows.append(row)
+  return rows
 
 
 def main():
@@ -120,7 +184,19 @@ def main():
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+  parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="LENGTH",
+                      help="measure peak RSS of forward+backward at these lengths instead")
+  parser.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.memory_child:
+    memory_child(int(args.memory_child[0]), args.memory_child[1])
+    return
+  if args.memory is not None:
+    rows = run_memory(args.memory or [8192, 16384, 32768, 65536])
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(rows, f, indent=2)
+    return
   causal_options = {"no": [False], "yes": [True], "both": [False, True]}[args.causal]
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; "
         f"torch {torch.__version__ if torch else 'not installed'}; batch {args.batch}, "
