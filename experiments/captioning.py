@@ -45,6 +45,7 @@ CONFIG_SCHEMA = {
     "model.hidden_dim": (training.is_int(), training.greater_than(0)),
     "model.attention_dim": (training.is_int(), training.greater_than(0)),
     "model.gate": (training.is_bool(),),
+    "model.coordinates": (training.is_bool(),),
     "model.dropout_rate": (training.is_number(), training.at_least(0), training.at_most(0.9)),
     "model.attention_penalty": (training.is_number(), training.at_least(0)),
     "eval.batch_size": (training.is_int(), training.greater_than(0)),
@@ -76,7 +77,7 @@ def make_model(config) -> captioning.Captioner:
   return captioning.Captioner(
       vocab_size=sc.WordTokenizer.vocab_size, embed_dim=m.embed_dim, hidden_dim=m.hidden_dim,
       attention_dim=m.attention_dim, channels=tuple(m.channels), strides=tuple(m.strides),
-      gate=m.gate, dropout_rate=m.dropout_rate)
+      gate=m.gate, coordinates=m.coordinates, dropout_rate=m.dropout_rate)
 
 
 def split_arrays(config, split: str) -> dict[str, np.ndarray]:

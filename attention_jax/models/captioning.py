@@ -49,10 +49,13 @@ class ConvEncoder(nn.Module):
     channels: output channels per layer.
     strides: stride per layer (same length as ``channels``).
     position_embedding: add a learned ``[H, W, C]`` table to the last layer's output.
+    coordinates: append the pixel's (y, x) in [-1, 1] to the image channels (CoordConv), so the
+      features say where they are, not only what is there.
   """
   channels: Sequence[int] = (32, 64, 64)
   strides: Sequence[int] = (1, 2, 2)
   position_embedding: bool = True
+  coordinates: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -66,6 +69,11 @@ class ConvEncoder(nn.Module):
       raise ValueError(f"images must be [batch, height, width, 3], got shape {jnp.shape(images)}")
     x = jnp.asarray(images)
     x = x.astype(self.dtype) / 255.0 if x.dtype == jnp.uint8 else x.astype(self.dtype)
+    if self.coordinates:
+      b, h, w, _ = x.shape
+      ys, xs = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
+      grid = jnp.broadcast_to(jnp.stack([ys, xs], -1).astype(x.dtype), (b, h, w, 2))
+      x = jnp.concatenate([x, grid], axis=-1)
     for i, (features, stride) in enumerate(zip(self.channels, self.strides)):
       x = nn.Conv(features, (3, 3), strides=stride, dtype=self.dtype, param_dtype=self.param_dtype,
                   name=f"conv{i}")(x)
@@ -88,6 +96,7 @@ class Captioner(nn.Module):
     attention_dim: hidden width of the additive score.
     channels, strides: the encoder's convolutions (grid ``S / prod(strides)``, ``C = channels[-1]``).
     gate: use the gating scalar beta (Xu et al. 2015, section 4.2.1).
+    coordinates: CoordConv input channels in the encoder.
     dropout_rate: dropout before the output layer.
   """
   vocab_size: int
@@ -97,13 +106,15 @@ class Captioner(nn.Module):
   channels: Sequence[int] = (32, 64, 64)
   strides: Sequence[int] = (1, 2, 2)
   gate: bool = True
+  coordinates: bool = False
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
     dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = ConvEncoder(tuple(self.channels), tuple(self.strides), **dims)
+    self.encoder = ConvEncoder(tuple(self.channels), tuple(self.strides),
+                               coordinates=self.coordinates, **dims)
     self.attend = layers.AdditiveAttention(
         self.attention_dim, score_init=nn.initializers.normal(self.attention_dim ** -0.5), **dims)
     self.init_c = nn.Dense(self.hidden_dim, **dims)

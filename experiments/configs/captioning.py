@@ -27,6 +27,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.channels = (32, 64, 64)
   config.model.strides = (1, 2, 2)  # 48x48 images -> a 12x12 grid
   config.model.gate = True
+  config.model.coordinates = False  # CoordConv (y, x) input channels
   config.model.dropout_rate = 0.0
   # lambda of the doubly stochastic regulariser (Xu et al. use 1 with 196 positions and longer
   # captions; with 144 positions and <= 23 words full coverage is impossible, so keep it small).

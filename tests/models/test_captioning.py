@@ -56,13 +56,23 @@ def test_initial_state_comes_from_the_mean_feature():
   assert c0.shape == h0.shape == (3, 16)
 
 
+def test_coordinate_channels_make_features_position_aware():
+  model = captioning.Captioner(**SMALL, coordinates=True)
+  images = np.zeros((1, 16, 16, 3), np.uint8)
+  variables = model.init(jax.random.key(0), images, jnp.ones((1, 2), jnp.int32))
+  memory = model.apply(variables, images, method=captioning.Captioner.encode)
+  kernel = variables["params"]["encoder"]["conv0"]["kernel"]
+  assert kernel.shape[2] == 5
+  assert memory.features.shape == (1, 16, 8)
+
+
 def test_gate_scales_the_context():
   model, variables, images, tokens = _setup()
   closed = jax.tree.map(lambda x: x, variables)
   closed["params"]["gate_dense"]["bias"] = jnp.full((1,), -1e4)
   closed["params"]["gate_dense"]["kernel"] = jnp.zeros_like(closed["params"]["gate_dense"]["kernel"])
   ungated = captioning.Captioner(**SMALL, gate=False)
-  # beta = 0 leaves only the word embedding and state: the same as zeroing every feature's value
+  # beta = 0 removes the context; the ungated model with the same parameters keeps it
   gated_logits, _ = model.apply(closed, images, tokens)
   open_logits, _ = ungated.apply(variables, images, tokens)
   assert not np.allclose(gated_logits, open_logits)
