@@ -35,7 +35,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.eval.queries = ((1, 1), (6, 6), (1, 6))  # query positions on the attention grid
 
   config.batch_size = 64
-  config.num_steps = 1000
+  config.num_steps = 3000  # the attention variant leaves the chance plateau after ~1,300
   config.learning_rate = 2e-3
   config.optimizer = "adam"
   config.schedule = "warmup_cosine"
