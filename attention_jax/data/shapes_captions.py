@@ -155,7 +155,8 @@ def sample_scene(rng: np.random.Generator) -> list[SceneObject]:
       size = SIZES[rng.integers(len(SIZES))]
       extent = SIZE_PIXELS[size]
       top, left = (int(v) for v in rng.integers(0, IMAGE_SIZE - extent + 1, 2))
-      obj = SceneObject(size, COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))],
+      obj = SceneObject(size, COLOURS[rng.integers(len(COLOURS))],
+                        SHAPES[rng.integers(len(SHAPES))],
                         top, left)
       if all(_separated(obj, other) for other in objects):
         objects.append(obj)

@@ -94,7 +94,8 @@ class Captioner(nn.Module):
     embed_dim: word embedding width.
     hidden_dim: LSTM width.
     attention_dim: hidden width of the additive score.
-    channels, strides: the encoder's convolutions (grid ``S / prod(strides)``, ``C = channels[-1]``).
+    channels, strides: the encoder's convolutions (grid ``S / prod(strides)``,
+      ``C = channels[-1]``).
     gate: use the gating scalar beta (Xu et al. 2015, section 4.2.1).
     coordinates: CoordConv input channels in the encoder.
     dropout_rate: dropout before the output layer.

@@ -51,7 +51,8 @@ def test_mass_in_box_on_hand_made_maps():
 
 
 def test_named_objects_and_localisation_score():
-  objects = np.array([[1, 0, 0], [0, 2, 1], [0, 0, 0], [0, 0, 0]])  # large red circle, small blue square
+  # a large red circle, a small blue square
+  objects = np.array([[1, 0, 0], [0, 2, 1], [0, 0, 0], [0, 0, 0]])
   words = "a large red circle left of a small blue square".split()
   assert ce.named_objects(words, objects, 2) == [None, 0, 0, 0, None, None, None, 1, 1, 1]
   # a wrong size still names the object by colour and shape; an absent object names nothing

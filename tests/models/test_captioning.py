@@ -70,7 +70,8 @@ def test_gate_scales_the_context():
   model, variables, images, tokens = _setup()
   closed = jax.tree.map(lambda x: x, variables)
   closed["params"]["gate_dense"]["bias"] = jnp.full((1,), -1e4)
-  closed["params"]["gate_dense"]["kernel"] = jnp.zeros_like(closed["params"]["gate_dense"]["kernel"])
+  gate = closed["params"]["gate_dense"]
+  gate["kernel"] = jnp.zeros_like(gate["kernel"])
   ungated = captioning.Captioner(**SMALL, gate=False)
   # beta = 0 removes the context; the ungated model with the same parameters keeps it
   gated_logits, _ = model.apply(closed, images, tokens)
