@@ -200,8 +200,10 @@ _IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array | None]]] = {
     "cudnn": _cudnn_attention,
 }
 _WEIGHT_IMPLEMENTATIONS = ("reference",)
-# Below this many logits per (batch, head) the reference path's few big ops beat the block loop.
-_FLASH_MIN_LOGITS = 128 * 128
+# Measured on a 2-core CPU (benchmarks/attention.py): the reference path's few big ops win up to
+# L=1024 unless causal (flash skips half the blocks), and its [L, L] arrays stop fitting beyond.
+_FLASH_MIN_CAUSAL_LOGITS = 512 * 512
+_FLASH_MIN_LOGIT_BYTES = 256 * 2**20
 
 
 def _resolve_implementation(implementation: str | None, query, key, value, bias, mask, is_causal,
@@ -212,7 +214,10 @@ def _resolve_implementation(implementation: str | None, query, key, value, bias,
     if _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
                        dropout_rate):
       return "cudnn"
-    if query.shape[-3] * key.shape[-3] >= _FLASH_MIN_LOGITS:
+    logits_per_head = query.shape[-3] * key.shape[-3]
+    logit_bytes = math.prod(query.shape[:-3]) * query.shape[-2] * logits_per_head * 4
+    if ((is_causal and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
+        or logit_bytes >= _FLASH_MIN_LOGIT_BYTES):
       return "flash"
     return "reference"
   if implementation not in _IMPLEMENTATION_FNS:
@@ -263,7 +268,8 @@ def dot_product_attention(
     dropout_rng: PRNG key, required when ``dropout_rate > 0``.
     return_weights: also return the attention weights actually applied.
     implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
-      where it applies, else ``"flash"`` for all but tiny shapes, and ``"reference"`` whenever
+      where it applies, else ``"flash"`` for long causal inputs or where the reference's
+      ``[L, L]`` arrays get large (over 256 MiB of logits), otherwise ``"reference"``, and ``"reference"`` whenever
       weights or dropout are requested. ``"reference"`` materialises the weights; ``"flash"`` is
       blockwise with an online softmax and linear memory (no dropout, no weights); ``"cudnn"`` is
       ``jax.nn``'s fused GPU kernel (fp16/bf16, no mask/bias/lengths). All paths share this

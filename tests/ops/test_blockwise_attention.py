@@ -129,12 +129,12 @@ def test_flash_scale_and_jit_vmap():
 
 
 def test_default_picks_flash_for_long_inputs_and_reference_for_weights():
-  q, k, v = make_inputs(6, (1,), 256, 256, 2, 2, 8, 8)
+  q, k, v = make_inputs(6, (1,), 512, 512, 1, 1, 8, 8)
   want = ops.dot_product_attention(q, k, v, is_causal=True, implementation="flash")
   np.testing.assert_array_equal(ops.dot_product_attention(q, k, v, is_causal=True), want)
   out, weights = ops.dot_product_attention(q, k, v, is_causal=True, return_weights=True)
   np.testing.assert_allclose(out, want, atol=2e-6)
-  assert weights.shape == (1, 2, 256, 256)
+  assert weights.shape == (1, 1, 512, 512)
   dropped = ops.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0))
   assert dropped.shape == q.shape
 
