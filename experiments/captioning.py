@@ -15,18 +15,13 @@ gating scalar and the doubly stochastic regulariser), decodes the test split and
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
 from attention_jax import decoding
 from attention_jax import plotting
@@ -34,6 +29,7 @@ from attention_jax import training
 from attention_jax.data import shapes_captions as sc
 from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from attention_jax.models import captioning
+from experiments import common
 from experiments import captioning_eval
 
 CONFIG_SCHEMA = {
@@ -223,8 +219,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                           for i in range(min(10, len(decoded["words"])))]}
   results["figures"] = write_figures(workdir, config, test, decoded)
   results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
-  training.config_validation.atomic_write_text(
-      os.path.join(workdir, "eval.json"), json.dumps(results, indent=2, default=str) + "\n")
+  common.write_eval_json(workdir, results)
   loc = scores["localisation"]
   print(f"test BLEU-4 {scores['bleu_4']:.1f}, exact {scores['exact_caption_accuracy']:.3f}, "
         f"attention in box {loc['mean_mass_in_box']:.3f} vs uniform {loc['uniform_baseline']:.3f}",
@@ -232,17 +227,6 @@ def run(config, workdir: str) -> dict[str, Any]:
   return results
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  tfds.disable_progress_bar()
-  run(flags.FLAGS.config, flags.FLAGS.workdir or "runs/captioning")
-
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so experiments can be imported side by side.
-  training.define_config_flags(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "captioning.py"))
-  app.run(main)
+  common.launch(run, "captioning")

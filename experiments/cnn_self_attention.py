@@ -20,14 +20,10 @@ every other. Both are trained with the same budget. Into ``--workdir`` go:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Sequence
 
-from absl import app
-from absl import flags
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,6 +36,7 @@ import numpy as np  # noqa: E402
 from attention_jax import layers  # noqa: E402
 from attention_jax import training  # noqa: E402
 from attention_jax.data import shape_pairs  # noqa: E402
+from experiments import common
 
 VARIANTS = ("cnn", "cnn_attention")
 
@@ -268,27 +265,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     print(f"[{variant}] {result['parameters']:,} params, test accuracy "
           f"{result['test_accuracy']:.3f}", flush=True)
   results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
-  training.config_validation.atomic_write_text(
-      os.path.join(workdir, "eval.json"), json.dumps(results, indent=2, default=str) + "\n")
+  common.write_eval_json(workdir, results)
   return results
 
 
-def quiet_libraries() -> None:
-  """Orbax logs every save at INFO; ``--verbosity`` still wins when given."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_libraries()
-  run(flags.FLAGS.config, flags.FLAGS.workdir or "runs/cnn_self_attention")
-
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so experiments can be imported side by side.
-  training.define_config_flags(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                   "cnn_self_attention.py"))
-  app.run(main)
+  common.launch(run, "cnn_self_attention")

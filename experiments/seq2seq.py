@@ -17,18 +17,13 @@ vector at every decoder step), optionally ``"dot"``. Then decodes the test split
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 
 from attention_jax import data
 from attention_jax import decoding
@@ -36,6 +31,7 @@ from attention_jax import plotting
 from attention_jax import training
 from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from attention_jax.models import seq2seq
+from experiments import common
 from experiments import seq2seq_eval
 
 ATTENTIONS = ("none", "additive", "dot")
@@ -230,28 +226,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   results["accuracy_vs_length_png"] = seq2seq_eval.plot_accuracy_vs_length(
       results["models"], os.path.join(workdir, "accuracy_vs_length.png"))
   results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
-  training.config_validation.atomic_write_text(
-      os.path.join(workdir, "eval.json"), json.dumps(results, indent=2, default=str) + "\n")
+  common.write_eval_json(workdir, results)
   return results
 
 
-def quiet_libraries() -> None:
-  """Keeps the console to our progress bar and results: orbax logs every save at INFO and
-  TFDS draws progress bars while preparing data. ``--verbosity`` still wins when given."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  tfds.disable_progress_bar()
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_libraries()
-  run(flags.FLAGS.config, flags.FLAGS.workdir or "runs/seq2seq")
-
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so experiments can be imported side by side.
-  training.define_config_flags(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "seq2seq.py"))
-  app.run(main)
+  common.launch(run, "seq2seq")

@@ -25,14 +25,10 @@ works on CPU and needs no allocation; time is measured on the jitted train step 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,6 +41,7 @@ import numpy as np  # noqa: E402
 from attention_jax import training  # noqa: E402
 from attention_jax.data import distance_task  # noqa: E402
 from attention_jax.models import sequence_models  # noqa: E402
+from experiments import common
 
 MODELS = ("rnn", "cnn", "attention")
 LABELS = {"rnn": "RNN", "cnn": "1D CNN", "attention": "self-attention"}
@@ -284,28 +281,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   results["speed_memory_vs_length_png"] = plot_speed_memory(
       results["models"], os.path.join(workdir, "speed_memory_vs_length.png"))
   results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
-  training.config_validation.atomic_write_text(
-      os.path.join(workdir, "eval.json"), json.dumps(results, indent=2, default=str) + "\n")
+  common.write_eval_json(workdir, results)
   return results
 
 
-def quiet_libraries() -> None:
-  """Keeps the console to our progress bar and results (orbax logs every save at INFO);
-  ``--verbosity`` still wins when given."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_libraries()
-  run(flags.FLAGS.config, flags.FLAGS.workdir or "runs/sequence_processing")
-
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so experiments can be imported side by side.
-  training.define_config_flags(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
-                   "sequence_processing.py"))
-  app.run(main)
+  common.launch(run, "sequence_processing")

@@ -20,16 +20,12 @@ text files, or ``"tiny_shakespeare"`` from TFDS), and writes into ``--workdir``:
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import sysconfig
 import time
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +34,7 @@ from attention_jax import data
 from attention_jax import plotting
 from attention_jax import training
 from attention_jax.models import transformer as tf
+from experiments import common
 
 CONFIG_SCHEMA = {
     **training.TRAINING_SCHEMA,
@@ -298,8 +295,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                                              config.sample.attention_prompt),
   }
   results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
-  training.config_validation.atomic_write_text(
-      os.path.join(workdir, "eval.json"), json.dumps(results, indent=2, default=str) + "\n")
+  common.write_eval_json(workdir, results)
   print(f"validation loss {results['validation_loss']:.4f} ({results['validation_bpc']:.3f} bpc)"
         f", bigram {bigram:.4f} ({results['bigram_bpc']:.3f} bpc); train "
         f"{results['train_tokens_per_sec']} tok/s, generation "
@@ -307,15 +303,6 @@ def run(config, workdir: str) -> dict[str, Any]:
   return results
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.workdir or "runs/transformer_lm")
-
 
 if __name__ == "__main__":
-  training.define_config_flags(
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "transformer_lm.py"))
-  app.run(main)
+  common.launch(run, "transformer_lm")

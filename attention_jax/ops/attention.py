@@ -13,7 +13,7 @@ A query whose keys are all masked gets zero output and zero gradients, never NaN
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

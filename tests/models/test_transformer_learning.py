@@ -1,7 +1,6 @@
 """A tiny encoder-decoder learns the Annotated Transformer's copy task; beam search decodes it."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
