@@ -186,6 +186,22 @@ def _stack(rows: Sequence[Batch]) -> Batch:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+def _checked_encoder(source, tokenizer, target_tokenizer, max_input_len, max_target_len,
+                     source_key, target_key, validate) -> Seq2SeqEncoder:
+  """The record encoder of a pipeline; with ``validate``, every record is checked to fit."""
+  encoder = Seq2SeqEncoder(
+      tokenizer,
+      target_tokenizer or tokenizer,
+      max_input_len,
+      max_target_len,
+      source_key=source_key,
+      target_key=target_key,
+  )
+  if validate:
+    _validate(source, encoder)
+  return encoder
+
+
 class TrainBatches:
   """Training batches by step: ``batches[step]`` (or ``batches(step)``) is a pure function of
   ``(seed, step)``, computed by random access. Infinite: epochs follow each other, each one a
@@ -211,16 +227,9 @@ class TrainBatches:
       raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if len(source) == 0:
       raise ValueError("the source is empty")
-    self.encoder = Seq2SeqEncoder(
-        tokenizer,
-        target_tokenizer or tokenizer,
-        max_input_len,
-        max_target_len,
-        source_key=source_key,
-        target_key=target_key,
-    )
-    if validate:
-      _validate(source, self.encoder)
+    self.encoder = _checked_encoder(
+        source, tokenizer, target_tokenizer, max_input_len, max_target_len, source_key,
+        target_key, validate)
     self.batch_size = batch_size
     self.seed = seed
     self.num_examples = len(source)
@@ -261,28 +270,9 @@ class TrainBatches:
     yield from self.dataset.slice(slice(start_step, None)).to_iter_dataset(options)
 
 
-def make_train_batches(
-    source: Sequence[Any],
-    tokenizer: Tokenizer,
-    *,
-    batch_size: int,
-    max_input_len: int,
-    max_target_len: int,
-    seed: int,
-    target_tokenizer: Tokenizer | None = None,
-    validate: bool = True,
-) -> TrainBatches:
-  """Training batches for step ``i``: ``make_train_batches(...)[i]`` (see ``TrainBatches``)."""
-  return TrainBatches(
-      source,
-      tokenizer,
-      batch_size=batch_size,
-      max_input_len=max_input_len,
-      max_target_len=max_target_len,
-      seed=seed,
-      target_tokenizer=target_tokenizer,
-      validate=validate,
-  )
+#: ``make_train_batches(source, tokenizer, *, batch_size, max_input_len, max_target_len, seed,
+#: target_tokenizer=None, validate=True)[i]`` is the batch of training step ``i``.
+make_train_batches = TrainBatches
 
 
 class EvalBatches:
@@ -304,16 +294,9 @@ class EvalBatches:
   ):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.encoder = Seq2SeqEncoder(
-        tokenizer,
-        target_tokenizer or tokenizer,
-        max_input_len,
-        max_target_len,
-        source_key=source_key,
-        target_key=target_key,
-    )
-    if validate:
-      _validate(source, self.encoder)
+    self.encoder = _checked_encoder(
+        source, tokenizer, target_tokenizer, max_input_len, max_target_len, source_key,
+        target_key, validate)
     self.batch_size = batch_size
     self.num_examples = len(source)
     self.dataset: grain.MapDataset = (
@@ -339,24 +322,7 @@ class EvalBatches:
       yield self.dataset[index]
 
 
-def eval_batches(
-    source: Sequence[Any],
-    tokenizer: Tokenizer,
-    *,
-    batch_size: int,
-    max_input_len: int,
-    max_target_len: int,
-    target_tokenizer: Tokenizer | None = None,
-    validate: bool = True,
-) -> EvalBatches:
-  """Every example of ``source`` once, in order, in batches of ``batch_size`` (see
-  ``EvalBatches``); sum metrics weighted by ``batch["weights"]``."""
-  return EvalBatches(
-      source,
-      tokenizer,
-      batch_size=batch_size,
-      max_input_len=max_input_len,
-      max_target_len=max_target_len,
-      target_tokenizer=target_tokenizer,
-      validate=validate,
-  )
+#: ``eval_batches(source, tokenizer, *, batch_size, max_input_len, max_target_len,
+#: target_tokenizer=None, validate=True)``: every example once, in order (see ``EvalBatches``);
+#: sum metrics weighted by ``batch["weights"]``.
+eval_batches = EvalBatches
