@@ -52,29 +52,58 @@ class _Config:
   block_k: int
   q_len: int       # unpadded lengths
   kv_len: int
+  group: int       # query heads per key/value head
   is_causal: bool
   scale: float
   scale_in_query: bool  # True: q was pre-multiplied by scale (full-precision inputs)
   has_query_lengths: bool
   has_key_lengths: bool
 
+  @property
+  def offset(self) -> int:
+    """Causal alignment: query ``i`` sees keys ``j <= i + offset`` (bottom-right)."""
+    return self.kv_len - self.q_len
 
-def _num_kv_blocks(cfg: _Config, qi, num_k: int):
-  """Key blocks ``[0, n)`` that query block ``qi`` can see."""
+  @property
+  def padded_k(self) -> bool:
+    """Whether the last key block runs past ``kv_len`` (its tail must be masked)."""
+    return self.kv_len % self.block_k != 0
+
+
+# Which key blocks a query block visits. A block is "clear" when neither the causal diagonal nor
+# the key padding cuts through it: its logits need no position mask at all (the user's mask, bias
+# and lengths still apply). Clear blocks come first in every loop, the few cut blocks after, so the
+# position arithmetic is paid only on the diagonal. All bounds are traced int32 scalars.
+
+
+def _kv_ranges(cfg: _Config, qi, num_k: int):
+  """``(clear_end, visible_end)``: query block ``qi`` sees key blocks ``[0, visible_end)``, of which
+  ``[0, clear_end)`` need no causal/padding mask."""
+  last_clear = num_k - 1 if cfg.padded_k else num_k
   if not cfg.is_causal:
-    return num_k
-  offset = cfg.kv_len - cfg.q_len
-  last_key = (qi + 1) * cfg.block_q - 1 + offset  # the largest key index any row may see
-  return jnp.clip((last_key + cfg.block_k) // cfg.block_k, 0, num_k)
+    return last_clear, num_k
+  first_row = qi * cfg.block_q + cfg.offset  # the most restricted row of the block
+  last_row = first_row + cfg.block_q - 1
+  visible_end = jnp.clip((last_row + cfg.block_k) // cfg.block_k, 0, num_k)
+  clear_end = jnp.clip((first_row + 1) // cfg.block_k, 0, last_clear)
+  return clear_end, visible_end
 
 
-def _first_q_block(cfg: _Config, kj, num_q: int):
-  """Query blocks ``[n, num_q)`` that can see key block ``kj``."""
+def _q_ranges(cfg: _Config, kj, num_q: int):
+  """``(first, first_clear)``: key block ``kj`` is seen by query blocks ``[first, num_q)``, of which
+  ``[first_clear, num_q)`` need no causal/padding mask."""
+  if cfg.padded_k:
+    last_block = kj == (-(-cfg.kv_len // cfg.block_k) - 1)
   if not cfg.is_causal:
-    return 0
-  offset = cfg.kv_len - cfg.q_len
-  first_query = kj * cfg.block_k - offset  # the first row whose diagonal reaches this block
-  return jnp.clip(first_query // cfg.block_q, 0, num_q)
+    first, first_clear = 0, 0
+  else:
+    # Row r sees key c iff c <= r + offset.
+    first = jnp.clip((kj * cfg.block_k - cfg.offset) // cfg.block_q, 0, num_q)
+    last_key = (kj + 1) * cfg.block_k - 1
+    first_clear = jnp.clip(-(-(last_key - cfg.offset) // cfg.block_q), 0, num_q)
+  if cfg.padded_k:
+    first_clear = jnp.where(last_block, num_q, first_clear)
+  return first, first_clear
 
 
 def _slice(x, start, size, axis):
@@ -84,34 +113,58 @@ def _slice(x, start, size, axis):
   return lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
-def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj):
-  """Masked float32 logits ``[batch, kv_heads, group, block_q, block_k]`` and whether any entry
-  may be masked (``None`` when nothing is)."""
-  q0, k0 = qi * cfg.block_q, kj * cfg.block_k
-  s = jnp.einsum("bhgqd,bhkd->bhgqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+def _block_of(cfg: _Config, x, qi, kj, transposed):
+  """The ``[b, hk|1, n|1, bk|1]`` block (``[..., bk|1, n|1]`` if transposed) of a 5-D mask/bias
+  ``[b, hk|1, g|1, Lq|1, Lk|1]``; ``n = group * block_q`` flattens (group, query) as the q/k/v
+  blocks do."""
+  x = _slice(_slice(x, qi * cfg.block_q, cfg.block_q, 3), kj * cfg.block_k, cfg.block_k, 4)
+  b, h, g, q, k = x.shape
+  if g == 1 and q == 1:
+    x = x.reshape(b, h, 1, k)
+  else:
+    x = jnp.broadcast_to(x, (b, h, cfg.group, cfg.block_q, k))
+    x = x.reshape(b, h, cfg.group * cfg.block_q, k)
+  return jnp.swapaxes(x, -1, -2) if transposed else x
+
+
+def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, transposed=False):
+  """Masked float32 logits of one block.
+
+  ``q_blk [b, hk, n, d]`` (``n = group * block_q``), ``k_blk [b, hk, block_k, d]``. Returns
+  ``[b, hk, n, block_k]``, or ``[b, hk, block_k, n]`` when ``transposed`` (what the backward pass
+  multiplies without transposing). ``cut`` (static): the block may be cut by the causal diagonal
+  or the key padding, so positions are compared; clear blocks skip that.
+  """
+  if transposed:
+    s = jnp.einsum("bhkd,bhnd->bhkn", k_blk, q_blk, preferred_element_type=jnp.float32)
+  else:
+    s = jnp.einsum("bhnd,bhkd->bhnk", q_blk, k_blk, preferred_element_type=jnp.float32)
   if not cfg.scale_in_query:
     s = s * cfg.scale
   if bias is not None:
-    b = _slice(_slice(bias, q0, cfg.block_q, 3), k0, cfg.block_k, 4)
-    s = s + b.astype(jnp.float32)
+    s = s + _block_of(cfg, bias, qi, kj, transposed).astype(jnp.float32)
   keep = None
 
   def both(a, b):
     return b if a is None else a & b
 
   if mask is not None:
-    keep = _slice(_slice(mask, q0, cfg.block_q, 3), k0, cfg.block_k, 4)
-  rows = q0 + lax.broadcasted_iota(jnp.int32, (cfg.block_q, 1), 0)
-  cols = k0 + lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
-  if cfg.is_causal:
-    keep = both(keep, cols <= rows + (cfg.kv_len - cfg.q_len))
-  padded_k = -(-cfg.kv_len // cfg.block_k) * cfg.block_k != cfg.kv_len
-  if padded_k and not cfg.has_key_lengths:
-    keep = both(keep, cols < cfg.kv_len)
-  if cfg.has_key_lengths:  # k_lens already clipped to kv_len
-    keep = both(keep, cols[None] < k_lens[:, None, None, None, None])
-  if cfg.has_query_lengths:
-    keep = both(keep, rows[None] < q_lens[:, None, None, None, None])
+    keep = _block_of(cfg, mask, qi, kj, transposed)
+  n = cfg.group * cfg.block_q
+  if cut or cfg.has_query_lengths or cfg.has_key_lengths:
+    # Positions of the rows (flattened group x query) and columns, in the block's orientation.
+    rows = qi * cfg.block_q + lax.broadcasted_iota(jnp.int32, (n, 1), 0) % cfg.block_q
+    cols = kj * cfg.block_k + lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
+    if transposed:
+      rows, cols = rows.T, cols.T
+    if cut and cfg.is_causal:
+      keep = both(keep, cols <= rows + cfg.offset)
+    if cut and cfg.padded_k and not cfg.has_key_lengths:
+      keep = both(keep, cols < cfg.kv_len)
+    if cfg.has_key_lengths:  # k_lens already clipped to kv_len
+      keep = both(keep, cols[None, None] < k_lens[:, None, None, None])
+    if cfg.has_query_lengths:
+      keep = both(keep, rows[None, None] < q_lens[:, None, None, None])
   if keep is not None:
     s = jnp.where(keep, s, -jnp.inf)
   return s
@@ -119,38 +172,47 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj):
 
 def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
   """Returns ``out [b, hk, g, Lq, dv]`` (input dtype) and ``lse [b, hk, g, Lq]`` (float32)."""
-  b, hk, g, lq, _ = q.shape
+  b, hk, g, lq, d = q.shape
   dv = v.shape[-1]
+  n = g * cfg.block_q
   num_q, num_k = lq // cfg.block_q, k.shape[2] // cfg.block_k
 
   def q_block(qi, carry):
     out, lse = carry
-    q_blk = lax.dynamic_slice_in_dim(q, qi * cfg.block_q, cfg.block_q, 3)
+    q_blk = lax.dynamic_slice_in_dim(q, qi * cfg.block_q, cfg.block_q, 3).reshape(b, hk, n, d)
 
-    def k_block(kj, state):
-      acc, m, l = state
-      k_blk = lax.dynamic_slice_in_dim(k, kj * cfg.block_k, cfg.block_k, 2)
-      v_blk = lax.dynamic_slice_in_dim(v, kj * cfg.block_k, cfg.block_k, 2)
-      s = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj)
-      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      # Rows with nothing visible yet keep max -inf; shifting them by 0 keeps exp(-inf) = 0.
-      m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-      p = jnp.exp(s - m_safe[..., None])
-      alpha = jnp.exp(m - m_safe)
-      l = alpha * l + jnp.sum(p, axis=-1)
-      pv = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(v.dtype), v_blk,
-                      preferred_element_type=jnp.float32)
-      return acc * alpha[..., None] + pv, m_new, l
+    def k_block(cut):
+      def step(kj, state):
+        acc, m, l = state
+        k_blk = lax.dynamic_slice_in_dim(k, kj * cfg.block_k, cfg.block_k, 2)
+        v_blk = lax.dynamic_slice_in_dim(v, kj * cfg.block_k, cfg.block_k, 2)
+        s = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        # Rows with nothing visible yet keep max -inf; shifting them by 0 keeps exp(-inf) = 0.
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+        p = jnp.exp(s - m_safe[..., None])
+        alpha = jnp.exp(m - m_safe)
+        l = alpha * l + jnp.sum(p, axis=-1)
+        pv = jnp.einsum("bhnk,bhkd->bhnd", p.astype(v.dtype), v_blk,
+                        preferred_element_type=jnp.float32)
+        return acc * alpha[..., None] + pv, m_new, l
+      return step
 
-    init = (jnp.zeros((b, hk, g, cfg.block_q, dv), jnp.float32),
-            jnp.full((b, hk, g, cfg.block_q), -jnp.inf, jnp.float32),
-            jnp.zeros((b, hk, g, cfg.block_q), jnp.float32))
-    acc, m, l = lax.fori_loop(0, _num_kv_blocks(cfg, qi, num_k), k_block, init)
+    state = (jnp.zeros((b, hk, n, dv), jnp.float32),
+             jnp.full((b, hk, n), -jnp.inf, jnp.float32),
+             jnp.zeros((b, hk, n), jnp.float32))
+    clear_end, visible_end = _kv_ranges(cfg, qi, num_k)
+    state = lax.fori_loop(0, clear_end, k_block(False), state)
+    if cfg.is_causal or cfg.padded_k:
+      state = lax.fori_loop(clear_end, visible_end, k_block(True), state)
+    acc, m, l = state
     visible = l > 0.0
     o_blk = acc / jnp.where(visible, l, 1.0)[..., None]
     lse_blk = jnp.where(visible, m + jnp.log(jnp.where(visible, l, 1.0)), jnp.inf)
-    out = lax.dynamic_update_slice_in_dim(out, o_blk.astype(q.dtype), qi * cfg.block_q, 3)
-    lse = lax.dynamic_update_slice_in_dim(lse, lse_blk, qi * cfg.block_q, 3)
+    o_blk = o_blk.astype(q.dtype).reshape(b, hk, g, cfg.block_q, dv)
+    out = lax.dynamic_update_slice_in_dim(out, o_blk, qi * cfg.block_q, 3)
+    lse = lax.dynamic_update_slice_in_dim(
+        lse, lse_blk.reshape(b, hk, g, cfg.block_q), qi * cfg.block_q, 3)
     return out, lse
 
   init = (jnp.zeros((b, hk, g, lq, dv), q.dtype), jnp.zeros((b, hk, g, lq), jnp.float32))
@@ -158,8 +220,12 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
 
 
 def _backward(cfg: _Config, res, d_out):
+  """One sweep, key blocks outer and query blocks inner: ``dk``, ``dv`` accumulate per key block,
+  ``dq`` in place. Each block is recomputed transposed (``[keys, queries]``), so ``dv = P^T dO``
+  and ``dk = dS^T Q`` are plain matmuls and only ``dq = dS K`` needs a transposed operand."""
   q, k, v, bias, mask, q_lens, k_lens, out, lse = res
-  b, hk, g, lq, _ = q.shape
+  b, hk, g, lq, d = q.shape
+  n = g * cfg.block_q
   num_q, num_k = lq // cfg.block_q, k.shape[2] // cfg.block_k
   # D_i = sum_d dO * O: the softmax-Jacobian term, one float32 per query row.
   delta = jnp.einsum("bhgqd,bhgqd->bhgq", d_out.astype(jnp.float32), out.astype(jnp.float32))
@@ -167,45 +233,56 @@ def _backward(cfg: _Config, res, d_out):
   if bias is not None:
     bias_sum_axes = tuple(a for a in range(5) if bias.shape[a] == 1)
 
+  def rows_of(x, qi):
+    """Query block ``qi`` of a ``[b, hk, g, Lq, ...]`` array, flattened to ``[b, hk, n, ...]``."""
+    blk = lax.dynamic_slice_in_dim(x, qi * cfg.block_q, cfg.block_q, 3)
+    return blk.reshape(b, hk, n, *x.shape[4:])
+
   def k_block(kj, carry):
     dq, dk, dv, dbias = carry
     k0 = kj * cfg.block_k
     k_blk = lax.dynamic_slice_in_dim(k, k0, cfg.block_k, 2)
     v_blk = lax.dynamic_slice_in_dim(v, k0, cfg.block_k, 2)
 
-    def q_block(qi, state):
-      dq, dk_blk, dv_blk, dbias = state
-      q0 = qi * cfg.block_q
-      q_blk = lax.dynamic_slice_in_dim(q, q0, cfg.block_q, 3)
-      do_blk = lax.dynamic_slice_in_dim(d_out, q0, cfg.block_q, 3)
-      lse_blk = lax.dynamic_slice_in_dim(lse, q0, cfg.block_q, 3)
-      delta_blk = lax.dynamic_slice_in_dim(delta, q0, cfg.block_q, 3)
-      s = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj)
-      p = jnp.exp(s - lse_blk[..., None])
-      dv_blk = dv_blk + jnp.einsum("bhgqk,bhgqd->bhkd", p.astype(do_blk.dtype), do_blk,
-                                   preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bhgqd,bhkd->bhgqk", do_blk, v_blk, preferred_element_type=jnp.float32)
-      ds = p * (dp - delta_blk[..., None])
-      if dbias is not None:
-        db = jnp.sum(ds, axis=bias_sum_axes, keepdims=True) if bias_sum_axes else ds
-        q_start = q0 if dbias.shape[3] != 1 else 0
-        k_start = k0 if dbias.shape[4] != 1 else 0
-        starts = (0, 0, 0, q_start, k_start)
-        old = lax.dynamic_slice(dbias, starts, db.shape)
-        dbias = lax.dynamic_update_slice(dbias, old + db, starts)
-      if not cfg.scale_in_query:
-        ds = ds * cfg.scale
-      ds_lo = ds.astype(q.dtype)
-      dq_blk = jnp.einsum("bhgqk,bhkd->bhgqd", ds_lo, k_blk, preferred_element_type=jnp.float32)
-      old = lax.dynamic_slice_in_dim(dq, q0, cfg.block_q, 3)
-      dq = lax.dynamic_update_slice_in_dim(dq, old + dq_blk, q0, 3)
-      dk_blk = dk_blk + jnp.einsum("bhgqk,bhgqd->bhkd", ds_lo, q_blk,
-                                   preferred_element_type=jnp.float32)
-      return dq, dk_blk, dv_blk, dbias
+    def q_block(cut):
+      def step(qi, state):
+        dq, dk_blk, dv_blk, dbias = state
+        q0 = qi * cfg.block_q
+        q_blk, do_blk = rows_of(q, qi), rows_of(d_out, qi)
+        lse_blk, delta_blk = rows_of(lse, qi), rows_of(delta, qi)
+        s_t = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut,
+                            transposed=True)  # [b, hk, block_k, n]
+        p_t = jnp.exp(s_t - lse_blk[:, :, None, :])
+        dv_blk = dv_blk + jnp.einsum("bhkn,bhnd->bhkd", p_t.astype(do_blk.dtype), do_blk,
+                                     preferred_element_type=jnp.float32)
+        dp_t = jnp.einsum("bhkd,bhnd->bhkn", v_blk, do_blk, preferred_element_type=jnp.float32)
+        ds_t = p_t * (dp_t - delta_blk[:, :, None, :])
+        if dbias is not None:
+          ds = jnp.swapaxes(ds_t, -1, -2).reshape(b, hk, g, cfg.block_q, cfg.block_k)
+          db = jnp.sum(ds, axis=bias_sum_axes, keepdims=True) if bias_sum_axes else ds
+          q_start = q0 if dbias.shape[3] != 1 else 0
+          k_start = k0 if dbias.shape[4] != 1 else 0
+          starts = (0, 0, 0, q_start, k_start)
+          old = lax.dynamic_slice(dbias, starts, db.shape)
+          dbias = lax.dynamic_update_slice(dbias, old + db, starts)
+        if not cfg.scale_in_query:
+          ds_t = ds_t * cfg.scale
+        ds_t = ds_t.astype(q.dtype)
+        dk_blk = dk_blk + jnp.einsum("bhkn,bhnd->bhkd", ds_t, q_blk,
+                                     preferred_element_type=jnp.float32)
+        dq_blk = jnp.einsum("bhkn,bhkd->bhnd", ds_t, k_blk, preferred_element_type=jnp.float32)
+        old = lax.dynamic_slice_in_dim(dq, q0, cfg.block_q, 3)
+        dq = lax.dynamic_update_slice_in_dim(
+            dq, old + dq_blk.reshape(old.shape), q0, 3)
+        return dq, dk_blk, dv_blk, dbias
+      return step
 
-    init = (dq, jnp.zeros(k_blk.shape, jnp.float32), jnp.zeros(v_blk.shape, jnp.float32), dbias)
-    dq, dk_blk, dv_blk, dbias = lax.fori_loop(
-        _first_q_block(cfg, kj, num_q), num_q, q_block, init)
+    state = (dq, jnp.zeros(k_blk.shape, jnp.float32), jnp.zeros(v_blk.shape, jnp.float32), dbias)
+    first, first_clear = _q_ranges(cfg, kj, num_q)
+    if cfg.is_causal or cfg.padded_k:
+      state = lax.fori_loop(first, first_clear, q_block(True), state)
+    state = lax.fori_loop(first_clear, num_q, q_block(False), state)
+    dq, dk_blk, dv_blk, dbias = state
     dk = lax.dynamic_update_slice_in_dim(dk, dk_blk.astype(k.dtype), k0, 2)
     dv = lax.dynamic_update_slice_in_dim(dv, dv_blk.astype(v.dtype), k0, 2)
     return dq, dk, dv, dbias
@@ -295,7 +372,7 @@ def flash_attention(query, key, value, bias=None, mask=None, *, is_causal=False,
     return jnp.minimum(jnp.broadcast_to(jnp.asarray(x), tuple(batch)).reshape(nb), limit)
 
   q_lens, k_lens = lengths(query_lengths, q_len), lengths(key_lengths, kv_len)
-  cfg = _Config(bq, bk, q_len, kv_len, bool(is_causal), float(scale), scale_in_query,
+  cfg = _Config(bq, bk, q_len, kv_len, group, bool(is_causal), float(scale), scale_in_query,
                 q_lens is not None, k_lens is not None)
   out = _flash_core(cfg, q, k, v, bias5, mask5, q_lens, k_lens)
   out = out[:, :, :, :q_len].transpose(0, 3, 1, 2, 4)
