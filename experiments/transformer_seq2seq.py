@@ -1,0 +1,320 @@
+r"""The Transformer encoder-decoder on the dates translation task, next to the RNN with attention.
+
+Trains ``models.EncoderDecoder`` (Vaswani et al. 2017: self-attention encoder, masked
+self-attention + cross-attention decoder, one embedding shared by source, target and output
+head) on the dataset of ``experiments/seq2seq.py``, and (``config.compare_rnn``) the RNN with
+additive attention of that experiment with the same steps, batch size and data in the same run.
+Decodes the test split and the held-out ``test_long`` split (inputs longer than any training
+input) with the KV cache (greedy or beam search) and writes into ``--workdir``:
+
+  transformer/, rnn_additive/  each model's run: checkpoints (resumed automatically), metrics
+  eval.json                     exact match, per-character accuracy, parameters, training time,
+                                decoding throughput per model; the comparison table
+  accuracy_vs_length.png        exact match against input length, one curve per model
+  transformer/cross_attention_<locale>.png
+                                every head's cross-attention of the last decoder layer (output
+                                characters x input characters)
+
+  python -m experiments.transformer_seq2seq --workdir=runs/transformer_seq2seq
+  python -m experiments.transformer_seq2seq \
+      --config=experiments/configs/transformer_seq2seq.py:gpu --workdir=runs/tf_s2s_gpu
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax import data
+from attention_jax import decoding
+from attention_jax import plotting
+from attention_jax import training
+from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from attention_jax.models import transformer as tf
+from experiments import common
+from experiments import seq2seq
+from experiments import seq2seq_eval
+
+MODEL_NAMES = {"transformer": "Transformer encoder-decoder",
+               "rnn_additive": "RNN with additive attention"}
+
+CONFIG_SCHEMA = {
+    **training.TRAINING_SCHEMA,
+    "compare_rnn": (training.is_bool(),),
+    "data.dataset_config": (training.one_of("default", "small"),),
+    "data.max_input_len": (training.is_int(), training.greater_than(0)),
+    "data.max_target_len": (training.is_int(), training.greater_than(1)),
+    "model.features": (training.is_int(), training.greater_than(0)),
+    "model.num_heads": (training.is_int(), training.greater_than(0)),
+    "model.mlp_dim": (training.is_int(), training.greater_than(0)),
+    "model.num_layers": (training.is_int(), training.greater_than(0)),
+    "model.positions": (training.one_of("sinusoidal", "learned", "rotary"),),
+    "model.pre_norm": (training.is_bool(),),
+    "model.dropout_rate": (training.is_number(), training.at_least(0), training.at_most(0.9)),
+    "model.dtype": (training.one_of("float32", "bfloat16"),),
+    "eval.batch_size": (training.is_int(), training.greater_than(0)),
+    "eval.beam_size": (training.is_int(), training.greater_than(0)),
+    "eval.length_penalty": (training.is_number(), training.at_least(0)),
+    "eval.max_examples": (training.is_int(), training.at_least(0)),
+    "eval.num_heatmaps": (training.is_int(), training.at_least(0)),
+}
+
+
+def validate(config) -> None:
+  """Raises ValueError naming the first bad field."""
+  training.validate_config(config, CONFIG_SCHEMA, cross_checks=_cross_checks)
+
+
+def _cross_checks(config) -> None:
+  training.validate_config(config)  # the training fields' own cross checks
+  if config.model.features % config.model.num_heads:
+    raise ValueError(f"config.model.features ({config.model.features}) must be divisible by "
+                     f"config.model.num_heads ({config.model.num_heads})")
+
+
+def rnn_config(config):
+  """The RNN's config: ``config.rnn`` with this config's data, batch size, steps and seed."""
+  rnn = copy.deepcopy(config.rnn)
+  rnn.data = copy.deepcopy(config.data)
+  for field in ("batch_size", "num_steps", "seed", "log_every", "checkpoint_every"):
+    setattr(rnn, field, getattr(config, field))
+  rnn.eval = copy.deepcopy(config.eval)
+  del rnn.eval["length_penalty"]
+  seq2seq.validate(rnn)
+  return rnn
+
+
+def load_tokenizer(workdir: str, train_source) -> data.CharTokenizer:
+  """One character vocabulary for source and target (the model shares one embedding), built
+  from the training split once and kept in the workdir."""
+  path = os.path.join(workdir, "tokenizers", "joint.json")
+  if os.path.exists(path):
+    return data.CharTokenizer.load(path)
+  tokenizer = data.build_char_tokenizer(train_source, keys=("source", "target"))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tokenizer.save(path)
+  return tokenizer
+
+
+def make_model(config, vocab_size: int) -> tf.EncoderDecoder:
+  m = config.model
+  return tf.EncoderDecoder(tf.TransformerConfig(
+      vocab_size=vocab_size, features=m.features, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+      num_layers=m.num_layers, max_length=max(config.data.max_input_len,
+                                              config.data.max_target_len),
+      positions=m.positions, pre_norm=m.pre_norm, dropout_rate=m.dropout_rate,
+      tie_embeddings=True, scale_embeddings=True, activation="relu",
+      dtype=jnp.bfloat16 if m.dtype == "bfloat16" else None))
+
+
+def train_transformer(config, workdir: str, model: tf.EncoderDecoder, train_batches,
+                      val_batches):
+  """Trains (or resumes) the Transformer in ``workdir``; returns the final train state."""
+  example = train_batches[0]
+  params = model.init(jax.random.key(config.seed), example["inputs"], example["decoder_inputs"],
+                      example["input_lengths"])["params"]
+  tx, schedule = training.make_optimizer(config)
+
+  def loss_fn(params, batch, rng):
+    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
+                         batch["input_lengths"], deterministic=False, rngs={"dropout": rng})
+    sums = training.classification_sums(logits, batch["targets"], batch["target_mask"])
+    return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
+
+  def metrics_fn(params, batch):
+    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
+                         batch["input_lengths"])
+    return training.classification_sums(logits, batch["targets"], batch["target_mask"])
+
+  eval_step = training.make_eval_step(metrics_fn)
+  return training.train(
+      config, workdir,
+      lambda: training.create_train_state(params, tx, seed=config.seed + 1,
+                                          apply_fn=model.apply),
+      training.make_train_step(loss_fn), train_batches.__getitem__,
+      eval_fn=lambda state: training.evaluate(eval_step, state, val_batches),
+      learning_rate_fn=schedule)
+
+
+def make_decoder(model: tf.EncoderDecoder, beam_size: int, max_len: int,
+                 length_penalty: float):
+  """A jitted ``(params, inputs, input_lengths) -> tokens [B, max_len]``: the encoder runs once,
+  then one compiled decoder step per token reads and extends the KV cache."""
+
+  @jax.jit
+  def decode(params, inputs, input_lengths):
+    init_fn, step_fn = tf.encoder_decoder_decoding_fns(model, params, inputs, input_lengths,
+                                                       max_len=max_len)
+    batch = inputs.shape[0]
+    if beam_size > 1:
+      return decoding.beam_search(init_fn, step_fn, batch, beam_size, max_len, BOS_ID, EOS_ID,
+                                  pad_id=PAD_ID, length_penalty=length_penalty)[0]
+    return decoding.greedy_decode(init_fn, step_fn, batch, max_len, BOS_ID, EOS_ID, PAD_ID)[0]
+
+  return decode
+
+
+def decode_split(decode, params, source, tokenizer, config) -> dict[str, Any]:
+  """Decodes every example of ``source`` (up to ``config.eval.max_examples``); also returns the
+  decoding throughput in output characters per second (after the first, compiling batch)."""
+  if config.eval.max_examples:
+    source = [source[i] for i in range(min(len(source), config.eval.max_examples))]
+  batches = data.eval_batches(source, tokenizer, batch_size=config.eval.batch_size,
+                              max_input_len=config.data.max_input_len,
+                              max_target_len=config.data.max_target_len,
+                              target_tokenizer=tokenizer)
+  predictions, timed_chars, timed_seconds = [], 0, 0.0
+  for i, batch in enumerate(batches):
+    start = time.perf_counter()
+    tokens = np.asarray(decode(params, batch["inputs"], batch["input_lengths"]))
+    keep = np.asarray(batch["weights"]) > 0
+    texts = [tokenizer.decode(row) for row in tokens[keep]]
+    if i > 0:
+      timed_seconds += time.perf_counter() - start
+      timed_chars += sum(len(t) + 1 for t in texts)  # + EOS
+    predictions += texts
+  records = [data.decode_example(source[i]) for i in range(len(source))]
+  return {"records": records, "predictions": predictions,
+          "chars_per_second": round(timed_chars / timed_seconds, 1) if timed_seconds else None}
+
+
+def cross_attention(model: tf.EncoderDecoder, params, tokenizer, source: str,
+                    prediction: str) -> np.ndarray:
+  """Every head's cross-attention in the last decoder layer while the model reads ``source``
+  and emits ``prediction`` + EOS: ``[heads, len(prediction) + 1, source tokens]``.
+
+  A teacher-forced pass over BOS + ``prediction`` gives the weights that greedy decoding used,
+  since position ``t`` of the causal decoder sees only the tokens before it.
+  """
+  inputs = tokenizer.encode(source)
+  targets_in = [BOS_ID] + tokenizer.encode(prediction)
+  _, state = model.apply({"params": params}, jnp.asarray([inputs], jnp.int32),
+                         jnp.asarray([targets_in], jnp.int32), sow_weights=True,
+                         mutable=["intermediates"])
+  last = f"layer_{model.config.decoder_layers - 1}"
+  weights = state["intermediates"]["decoder"][last]["cross_attention"]["attention_weights"][0]
+  return np.asarray(weights[0], np.float32)
+
+
+def write_heatmaps(workdir: str, model, params, decoded, tokenizer, count: int) -> list[str]:
+  """Cross-attention heatmaps (one panel per head) for test inputs in several languages."""
+  chosen, seen = [], set()
+  for locale in seq2seq.HEATMAP_LOCALES:
+    for i, record in enumerate(decoded["records"]):
+      if record["locale"] == locale and "@" not in record["style"] and locale not in seen:
+        chosen.append(i)
+        seen.add(locale)
+        break
+    if len(chosen) >= count:
+      break
+  paths = []
+  for i in chosen:
+    record, prediction = decoded["records"][i], decoded["predictions"][i]
+    weights = cross_attention(model, params, tokenizer, record["source"], prediction)
+    paths.append(plotting.plot_attention_grid(
+        weights, os.path.join(workdir, f"cross_attention_{record['locale']}.png"),
+        x_labels=tokenizer.tokens(tokenizer.encode(record["source"])),
+        y_labels=list(prediction) + ["</s>"],
+        suptitle=(f"last decoder layer, every head: {record['locale']} "
+                  f"{record['source']!r} -> {prediction!r}")))
+  return paths
+
+
+def _parameters(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def run_transformer(config, workdir: str, sources) -> dict[str, Any]:
+  tokenizer = load_tokenizer(workdir, sources["train"])
+  lengths = dict(max_input_len=config.data.max_input_len,
+                 max_target_len=config.data.max_target_len, target_tokenizer=tokenizer)
+  train_batches = data.make_train_batches(sources["train"], tokenizer,
+                                          batch_size=config.batch_size, seed=config.seed,
+                                          **lengths)
+  val_batches = data.eval_batches(sources["validation"], tokenizer,
+                                  batch_size=config.eval.batch_size, **lengths)
+  model = make_model(config, tokenizer.vocab_size)
+  model_dir = os.path.join(workdir, "transformer")
+  start = time.perf_counter()
+  state = train_transformer(config, model_dir, model, train_batches, val_batches)
+  results = {"parameters": _parameters(state.params),
+             "train_seconds_this_run": round(time.perf_counter() - start, 1)}
+  decode = make_decoder(model, config.eval.beam_size, config.data.max_target_len,
+                        config.eval.length_penalty)
+  for split in ("test", "test_long"):
+    decoded = decode_split(decode, state.params, sources[split], tokenizer, config)
+    results[split] = seq2seq_eval.score(decoded["records"], decoded["predictions"])
+    results[split]["decode_chars_per_second"] = decoded["chars_per_second"]
+    if split == "test":
+      results["heatmaps"] = write_heatmaps(model_dir, model, state.params, decoded, tokenizer,
+                                           config.eval.num_heatmaps)
+  return results
+
+
+def run_rnn(config, workdir: str, sources) -> dict[str, Any]:
+  rnn = rnn_config(config)
+  source_tok, target_tok = seq2seq.load_tokenizers(workdir, sources["train"])
+  lengths = dict(max_input_len=rnn.data.max_input_len, max_target_len=rnn.data.max_target_len,
+                 target_tokenizer=target_tok)
+  train_batches = data.make_train_batches(sources["train"], source_tok,
+                                          batch_size=rnn.batch_size, seed=rnn.seed, **lengths)
+  val_batches = data.eval_batches(sources["validation"], source_tok,
+                                  batch_size=rnn.eval.batch_size, **lengths)
+  model = seq2seq.make_model(rnn, "additive", source_tok, target_tok)
+  start = time.perf_counter()
+  state = seq2seq.train_model(rnn, os.path.join(workdir, "rnn_additive"), model, train_batches,
+                              val_batches)
+  results = {"parameters": _parameters(state.params),
+             "train_seconds_this_run": round(time.perf_counter() - start, 1)}
+  decode = seq2seq.make_decoder(model, rnn.eval.beam_size, rnn.data.max_target_len)
+  for split in ("test", "test_long"):
+    decoded = seq2seq.decode_split(decode, state.params, sources[split], source_tok, target_tok,
+                                   rnn)
+    results[split] = seq2seq_eval.score(decoded["records"], decoded["predictions"])
+  return results
+
+
+def comparison_table(models: dict[str, Any]) -> str:
+  """A Markdown table of the models' numbers (the README's)."""
+  lines = ["| model | parameters | train s | test exact | test per-char | test_long exact |",
+           "|---|---|---|---|---|---|"]
+  for name, r in models.items():
+    lines.append(
+        f"| {MODEL_NAMES[name]} | {r['parameters']:,} | {r['train_seconds_this_run']:.0f} | "
+        f"{100 * r['test']['exact_match']:.2f}% | {100 * r['test']['char_accuracy']:.2f}% | "
+        f"{100 * r['test_long']['exact_match']:.2f}% |")
+  return "\n".join(lines)
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains the Transformer (and the RNN), evaluates, plots; returns the eval results."""
+  validate(config)
+  start_time = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  sources = data.load_dates(split=None, data_dir=config.data.data_dir,
+                            config=config.data.dataset_config)
+  results: dict[str, Any] = {"config": training.config_to_dict(config), "models": {}}
+  results["models"]["transformer"] = run_transformer(config, workdir, sources)
+  if config.compare_rnn:
+    results["models"]["rnn_additive"] = run_rnn(config, workdir, sources)
+  for name, r in results["models"].items():
+    print(f"[{name}] test exact match {r['test']['exact_match']:.4f}, "
+          f"test_long {r['test_long']['exact_match']:.4f}", flush=True)
+  results["table"] = comparison_table(results["models"])
+  print(results["table"], flush=True)
+  results["accuracy_vs_length_png"] = seq2seq_eval.plot_accuracy_vs_length(
+      {MODEL_NAMES[name]: r for name, r in results["models"].items()},
+      os.path.join(workdir, "accuracy_vs_length.png"))
+  results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
+  common.write_eval_json(workdir, results)
+  return results
+
+
+if __name__ == "__main__":
+  common.launch(run, "transformer_seq2seq")
