@@ -6,10 +6,11 @@ logsumexp per row; a ``jax.custom_vjp`` backward recomputes each block's weights
 is linear in the sequence length unless a dense ``[q_len, kv_len]`` mask or bias is passed (then
 that array itself is the quadratic part; it is only ever sliced per block).
 
-Internal layout: ``[batch, kv_heads, group, length, dim]`` for queries (``heads = kv_heads * group``
-gives GQA without repeating keys) and ``[batch, kv_heads, length, dim]`` for keys and values, so
-every block matmul is a batched matmul over contiguous rows. The public layout is transposed once
-on the way in and once on the way out.
+Internal layout is block-major: queries ``[num_q_blocks, batch, kv_heads, group * block_q, dim]``
+(``heads = kv_heads * group`` gives GQA without repeating keys; the group is folded into the rows
+of each query block) and keys/values ``[num_k_blocks, batch, kv_heads, block_k, dim]``, so every
+loop step reads one contiguous block and every block matmul is a batched matmul over contiguous
+rows. The public layout is transposed once on the way in and once on the way out.
 
 Causal attention (bottom-right aligned, as :func:`attention_jax.ops.masks.causal_mask`) loops only
 over the key blocks a query block can see, so blocks above the diagonal cost nothing.
@@ -171,21 +172,22 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, tr
 
 
 def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
-  """Returns ``out [b, hk, g, Lq, dv]`` (input dtype) and ``lse [b, hk, g, Lq]`` (float32)."""
-  b, hk, g, lq, d = q.shape
-  dv = v.shape[-1]
-  n = g * cfg.block_q
-  num_q, num_k = lq // cfg.block_q, k.shape[2] // cfg.block_k
+  """Block-major inputs ``q [nq, b, hk, n, d]``, ``k/v [nk, b, hk, block_k, d|dv]``.
 
-  def q_block(qi, carry):
-    out, lse = carry
-    q_blk = lax.dynamic_slice_in_dim(q, qi * cfg.block_q, cfg.block_q, 3).reshape(b, hk, n, d)
+  Returns ``out [nq, b, hk, n, dv]`` (input dtype) and ``lse [nq, b, hk, n]`` (float32).
+  """
+  _, b, hk, n, _ = q.shape
+  dv = v.shape[-1]
+  num_k = k.shape[0]
+
+  def q_block(_, xs):
+    qi, q_blk = xs
 
     def k_block(cut):
       def step(kj, state):
         acc, m, l = state
-        k_blk = lax.dynamic_slice_in_dim(k, kj * cfg.block_k, cfg.block_k, 2)
-        v_blk = lax.dynamic_slice_in_dim(v, kj * cfg.block_k, cfg.block_k, 2)
+        k_blk = lax.dynamic_index_in_dim(k, kj, 0, keepdims=False)
+        v_blk = lax.dynamic_index_in_dim(v, kj, 0, keepdims=False)
         s = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         # Rows with nothing visible yet keep max -inf; shifting them by 0 keeps exp(-inf) = 0.
@@ -209,47 +211,39 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
     visible = l > 0.0
     o_blk = acc / jnp.where(visible, l, 1.0)[..., None]
     lse_blk = jnp.where(visible, m + jnp.log(jnp.where(visible, l, 1.0)), jnp.inf)
-    o_blk = o_blk.astype(q.dtype).reshape(b, hk, g, cfg.block_q, dv)
-    out = lax.dynamic_update_slice_in_dim(out, o_blk, qi * cfg.block_q, 3)
-    lse = lax.dynamic_update_slice_in_dim(
-        lse, lse_blk.reshape(b, hk, g, cfg.block_q), qi * cfg.block_q, 3)
-    return out, lse
+    return None, (o_blk.astype(q.dtype), lse_blk)
 
-  init = (jnp.zeros((b, hk, g, lq, dv), q.dtype), jnp.zeros((b, hk, g, lq), jnp.float32))
-  return lax.fori_loop(0, num_q, q_block, init)
+  # A scan writes each block's output once into the stacked result: no zero-filled buffer.
+  _, (out, lse) = lax.scan(q_block, None, (jnp.arange(q.shape[0]), q))
+  return out, lse
 
 
 def _backward(cfg: _Config, res, d_out):
   """One sweep, key blocks outer and query blocks inner: ``dk``, ``dv`` accumulate per key block,
-  ``dq`` in place. Each block is recomputed transposed (``[keys, queries]``), so ``dv = P^T dO``
-  and ``dk = dS^T Q`` are plain matmuls and only ``dq = dS K`` needs a transposed operand."""
+  ``dq`` (kept transposed) in place. Each block is recomputed transposed (``[keys, queries]``), so
+  ``dv = P^T dO``, ``dk = dS^T Q`` and ``dq^T = K^T dS^T`` are all plain (non-transposed-operand)
+  matmuls: on CPU a transposed operand costs a copy or a slower kernel per block (measured).""" 
   q, k, v, bias, mask, q_lens, k_lens, out, lse = res
-  b, hk, g, lq, d = q.shape
-  n = g * cfg.block_q
-  num_q, num_k = lq // cfg.block_q, k.shape[2] // cfg.block_k
+  num_q, b, hk, n, _ = q.shape
+  g = cfg.group
   # D_i = sum_d dO * O: the softmax-Jacobian term, one float32 per query row.
-  delta = jnp.einsum("bhgqd,bhgqd->bhgq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  delta = jnp.einsum("...d,...d->...", d_out.astype(jnp.float32), out.astype(jnp.float32))
   bias_sum_axes = None
   if bias is not None:
     bias_sum_axes = tuple(a for a in range(5) if bias.shape[a] == 1)
 
-  def rows_of(x, qi):
-    """Query block ``qi`` of a ``[b, hk, g, Lq, ...]`` array, flattened to ``[b, hk, n, ...]``."""
-    blk = lax.dynamic_slice_in_dim(x, qi * cfg.block_q, cfg.block_q, 3)
-    return blk.reshape(b, hk, n, *x.shape[4:])
+  def row(x, qi):
+    return lax.dynamic_index_in_dim(x, qi, 0, keepdims=False)
 
-  def k_block(kj, carry):
-    dq, dk, dv, dbias = carry
+  def k_block(carry, xs):
+    dq, dbias = carry
+    kj, k_blk, k_t_blk, v_blk = xs
     k0 = kj * cfg.block_k
-    k_blk = lax.dynamic_slice_in_dim(k, k0, cfg.block_k, 2)
-    v_blk = lax.dynamic_slice_in_dim(v, k0, cfg.block_k, 2)
 
     def q_block(cut):
       def step(qi, state):
         dq, dk_blk, dv_blk, dbias = state
-        q0 = qi * cfg.block_q
-        q_blk, do_blk = rows_of(q, qi), rows_of(d_out, qi)
-        lse_blk, delta_blk = rows_of(lse, qi), rows_of(delta, qi)
+        q_blk, do_blk, lse_blk, delta_blk = (row(x, qi) for x in (q, d_out, lse, delta))
         s_t = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut,
                             transposed=True)  # [b, hk, block_k, n]
         p_t = jnp.exp(s_t - lse_blk[:, :, None, :])
@@ -260,7 +254,7 @@ def _backward(cfg: _Config, res, d_out):
         if dbias is not None:
           ds = jnp.swapaxes(ds_t, -1, -2).reshape(b, hk, g, cfg.block_q, cfg.block_k)
           db = jnp.sum(ds, axis=bias_sum_axes, keepdims=True) if bias_sum_axes else ds
-          q_start = q0 if dbias.shape[3] != 1 else 0
+          q_start = qi * cfg.block_q if dbias.shape[3] != 1 else 0
           k_start = k0 if dbias.shape[4] != 1 else 0
           starts = (0, 0, 0, q_start, k_start)
           old = lax.dynamic_slice(dbias, starts, db.shape)
@@ -270,10 +264,10 @@ def _backward(cfg: _Config, res, d_out):
         ds_t = ds_t.astype(q.dtype)
         dk_blk = dk_blk + jnp.einsum("bhkn,bhnd->bhkd", ds_t, q_blk,
                                      preferred_element_type=jnp.float32)
-        dq_blk = jnp.einsum("bhkn,bhkd->bhnd", ds_t, k_blk, preferred_element_type=jnp.float32)
-        old = lax.dynamic_slice_in_dim(dq, q0, cfg.block_q, 3)
-        dq = lax.dynamic_update_slice_in_dim(
-            dq, old + dq_blk.reshape(old.shape), q0, 3)
+        # dq^T = K^T dS^T with K^T stored per block: a plain matmul, not a transposed operand.
+        dq_t_blk = jnp.einsum("bhdk,bhkn->bhdn", k_t_blk, ds_t,
+                              preferred_element_type=jnp.float32)
+        dq = lax.dynamic_update_index_in_dim(dq, row(dq, qi) + dq_t_blk, qi, 0)
         return dq, dk_blk, dv_blk, dbias
       return step
 
@@ -283,13 +277,13 @@ def _backward(cfg: _Config, res, d_out):
       state = lax.fori_loop(first, first_clear, q_block(True), state)
     state = lax.fori_loop(first_clear, num_q, q_block(False), state)
     dq, dk_blk, dv_blk, dbias = state
-    dk = lax.dynamic_update_slice_in_dim(dk, dk_blk.astype(k.dtype), k0, 2)
-    dv = lax.dynamic_update_slice_in_dim(dv, dv_blk.astype(v.dtype), k0, 2)
-    return dq, dk, dv, dbias
+    return (dq, dbias), (dk_blk.astype(k.dtype), dv_blk.astype(v.dtype))
 
   dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
-  init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros_like(k), jnp.zeros_like(v), dbias0)
-  dq, dk, dv, dbias = lax.fori_loop(0, num_k, k_block, init)
+  dq_t0 = jnp.zeros(q.shape[:3] + (q.shape[4], n), jnp.float32)  # [nq, b, hk, d, n]
+  (dq_t, dbias), (dk, dv) = lax.scan(
+      k_block, (dq_t0, dbias0), (jnp.arange(k.shape[0]), k, jnp.swapaxes(k, -1, -2), v))
+  dq = jnp.swapaxes(dq_t, -1, -2)
   dbias = None if bias is None else dbias.astype(bias.dtype)
   return dq.astype(q.dtype), dk, dv, dbias, None, None, None
 
@@ -354,14 +348,21 @@ def flash_attention(query, key, value, bias=None, mask=None, *, is_causal=False,
   lq_pad, lk_pad = -(-q_len // bq) * bq, -(-kv_len // bk) * bk
   acc = jnp.promote_types(query.dtype, jnp.float32)
   scale_in_query = query.dtype == acc
-  q = query.reshape(nb, q_len, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+  num_q, num_k = lq_pad // bq, lk_pad // bk
+  # Block-major layout: each loop step reads one contiguous block.
+  q = query.reshape(nb, q_len, kv_heads, group, head_dim)
   if scale_in_query:
     q = q * jnp.asarray(scale, q.dtype)
-  k = key.reshape(nb, kv_len, kv_heads, head_dim).transpose(0, 2, 1, 3)
-  v = value.reshape(nb, kv_len, kv_heads, v_dim).transpose(0, 2, 1, 3)
-  q = jnp.pad(q, [(0, 0)] * 3 + [(0, lq_pad - q_len), (0, 0)])
-  k = jnp.pad(k, [(0, 0)] * 2 + [(0, lk_pad - kv_len), (0, 0)])
-  v = jnp.pad(v, [(0, 0)] * 2 + [(0, lk_pad - kv_len), (0, 0)])
+  q = jnp.pad(q, [(0, 0), (0, lq_pad - q_len), (0, 0), (0, 0), (0, 0)])
+  q = q.reshape(nb, num_q, bq, kv_heads, group, head_dim).transpose(1, 0, 3, 4, 2, 5)
+  q = q.reshape(num_q, nb, kv_heads, group * bq, head_dim)
+
+  def key_blocks(x):
+    x = jnp.pad(x.reshape(nb, kv_len, kv_heads, x.shape[-1]),
+                [(0, 0), (0, lk_pad - kv_len), (0, 0), (0, 0)])
+    return x.reshape(nb, num_k, bk, kv_heads, x.shape[-1]).transpose(1, 0, 3, 2, 4)
+
+  k, v = key_blocks(key), key_blocks(value)
   shape_args = (batch, heads, kv_heads, q_len, kv_len, lq_pad - q_len, lk_pad - kv_len)
   bias5 = None if bias is None else _to_5d(bias, *shape_args, fill=0)
   mask5 = None if mask is None else _to_5d(mask, *shape_args, fill=False)
@@ -374,6 +375,7 @@ def flash_attention(query, key, value, bias=None, mask=None, *, is_causal=False,
   q_lens, k_lens = lengths(query_lengths, q_len), lengths(key_lengths, kv_len)
   cfg = _Config(bq, bk, q_len, kv_len, group, bool(is_causal), float(scale), scale_in_query,
                 q_lens is not None, k_lens is not None)
-  out = _flash_core(cfg, q, k, v, bias5, mask5, q_lens, k_lens)
-  out = out[:, :, :, :q_len].transpose(0, 3, 1, 2, 4)
+  out = _flash_core(cfg, q, k, v, bias5, mask5, q_lens, k_lens)  # [nq, b, hk, g * bq, dv]
+  out = out.reshape(num_q, nb, kv_heads, group, bq, v_dim).transpose(1, 0, 4, 2, 3, 5)
+  out = out.reshape(nb, lq_pad, heads, v_dim)[:, :q_len]
   return out.reshape(*batch, q_len, heads, v_dim)
