@@ -4,7 +4,8 @@ Times the forward pass and forward+backward (gradient of a sum w.r.t. q, k, v) o
 ``ops.dot_product_attention`` against ``jax.nn.dot_product_attention``,
 ``flax.linen.dot_product_attention`` and, when installed, PyTorch's ``scaled_dot_product_attention``
 on the same inputs. Prints a table of median milliseconds and the ratios ours / peer (below 1 means
-we are faster). Machines are noisy: compare ratios from one run, not absolute times across runs.
+we are faster). The implementations take turns call by call, and each row ends with the 1-minute
+load average: machines are noisy, so compare ratios from one run, not absolute times across runs.
 
 "ours" is the default path (``implementation=None``); "flash" and "reference" are our explicit
 implementations, timed beside it.
@@ -43,14 +44,18 @@ except ImportError:  # PyTorch is optional: its column stays empty.
   torch = None
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-  fn()  # compile / warm up
-  times = []
+def interleaved_medians(timers: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+  """Median milliseconds of each timer, the timers taking turns (one call each per round) so
+  that load from other processes falls on all of them alike."""
+  for fn in timers.values():
+    fn()  # compile / warm up
+  times = {name: [] for name in timers}
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+    for name, fn in timers.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append((time.perf_counter() - start) * 1e3)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def jax_timers(attention, q, k, v):
@@ -101,14 +106,16 @@ def run(lengths, causal_options, batch, heads, head_dim, repeats):
       q, k, v = (jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
                  for _ in range(3))
       row = {"length": length, "causal": causal}
+      timers = {}
       for name, attention in peers(causal, length).items():
         forward, backward = jax_timers(attention, q, k, v)
-        row[f"{name} fwd"] = median_ms(forward, repeats)
-        row[f"{name} fwd+bwd"] = median_ms(backward, repeats)
+        timers[f"{name} fwd"], timers[f"{name} fwd+bwd"] = forward, backward
       if torch is not None:
-        forward, backward = torch_timers(q, k, v, causal)
-        row["torch fwd"] = median_ms(forward, repeats)
-        row["torch fwd+bwd"] = median_ms(backward, repeats)
+        timers["torch fwd"], timers["torch fwd+bwd"] = torch_timers(q, k, v, causal)
+      for kind in ("fwd", "fwd+bwd"):
+        row.update(interleaved_medians(
+            {name: fn for name, fn in timers.items() if name.endswith(" " + kind)}, repeats))
+      row["load average"] = os.getloadavg()[0]
       rows.append(row)
       print_row(row)
   return rows
@@ -124,7 +131,7 @@ def print_row(row):
         theirs = row[f"{peer} {kind}"]
         parts.append(f"{peer} {theirs:8.2f} ({ours / theirs:4.2f}x)")
     cells.append("  ".join(parts))
-  print(" | ".join(cells), flush=True)
+  print(" | ".join(cells) + f" | load {row['load average']:.1f}", flush=True)
 
 
 def memory_child(length, implementation):

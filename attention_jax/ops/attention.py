@@ -200,9 +200,12 @@ _IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array | None]]] = {
     "cudnn": _cudnn_attention,
 }
 _WEIGHT_IMPLEMENTATIONS = ("reference",)
-# Measured on a 2-core CPU (benchmarks/attention.py): the reference path's few big ops win up to
-# L=1024 unless causal (flash skips half the blocks), and its [L, L] arrays stop fitting beyond.
-_FLASH_MIN_CAUSAL_LOGITS = 512 * 512
+# Measured on a 2-core CPU (benchmarks/attention.py, batch 4 x 8 heads): the blockwise path is
+# faster than the reference from L=1024 (both directions) and for causal inputs from L=256 (it skips
+# the blocks above the diagonal); below that the reference's few big ops are as fast or faster.
+# Beyond 256 MiB of logits the reference's [L, L] arrays stop fitting well in any case.
+_FLASH_MIN_LOGITS = 1024 * 1024
+_FLASH_MIN_CAUSAL_LOGITS = 256 * 256
 _FLASH_MIN_LOGIT_BYTES = 256 * 2**20
 
 
@@ -216,7 +219,8 @@ def _resolve_implementation(implementation: str | None, query, key, value, bias,
       return "cudnn"
     logits_per_head = query.shape[-3] * key.shape[-3]
     logit_bytes = math.prod(query.shape[:-3]) * query.shape[-2] * logits_per_head * 4
-    if ((is_causal and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
+    if (logits_per_head >= _FLASH_MIN_LOGITS
+        or (is_causal and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
         or logit_bytes >= _FLASH_MIN_LOGIT_BYTES):
       return "flash"
     return "reference"
@@ -268,9 +272,9 @@ def dot_product_attention(
     dropout_rng: PRNG key, required when ``dropout_rate > 0``.
     return_weights: also return the attention weights actually applied.
     implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
-      where it applies, else ``"flash"`` for long causal inputs or where the reference's
-      ``[L, L]`` arrays get large (over 256 MiB of logits), otherwise ``"reference"``, and ``"reference"`` whenever
-      weights or dropout are requested. ``"reference"`` materialises the weights; ``"flash"`` is
+      where it applies, else ``"flash"`` from ``q_len * kv_len >= 1024**2`` (``256**2`` if
+      causal) or where the reference's ``[L, L]`` arrays get large (over 256 MiB of logits),
+      otherwise ``"reference"``, and ``"reference"`` whenever weights or dropout are requested. ``"reference"`` materialises the weights; ``"flash"`` is
       blockwise with an online softmax and linear memory (no dropout, no weights); ``"cudnn"`` is
       ``jax.nn``'s fused GPU kernel (fp16/bf16, no mask/bias/lengths). All paths share this
       signature and are tested against ``"reference"``.

@@ -154,11 +154,21 @@ def test_unsupported_combinations_name_the_implementation(implementation, kwargs
     ops.dot_product_attention(q, k, v, implementation=implementation, **kwargs)
 
 
-def test_default_block_sizes_cover_the_length():
-  for length in (1, 7, 100, 513, 1000, 4096, 5000):
-    bq, bk = blockwise.default_block_sizes(length, length, "cpu")
-    assert bq % 8 == 0 and bq >= min(length, 8)
-    assert -(-length // bq) * bq - length < bq
+@pytest.mark.parametrize("platform,batch_heads", [("cpu", 1), ("cpu", 32), ("gpu", 32)])
+def test_default_block_sizes_cover_the_length(platform, batch_heads):
+  for length in (1, 7, 100, 513, 1000, 4096, 5000, 65536):
+    blocks = blockwise.default_block_sizes(length, length, platform, batch_heads=batch_heads)
+    for block in blocks:
+      assert block % 8 == 0 and block >= min(length, 8)
+      assert -(-length // block) * block - length < block
+
+
+def test_default_block_sizes_shrink_with_batch_and_heads():
+  # One step's logits stay bounded: many heads get smaller blocks than a single one.
+  one = blockwise.default_block_sizes(8192, 8192, "cpu", batch_heads=1)
+  many = blockwise.default_block_sizes(8192, 8192, "cpu", batch_heads=32)
+  assert one[0] * one[1] > many[0] * many[1]
+  assert many[0] * many[1] * 32 <= 2**19
 
 
 @pytest.mark.slow
