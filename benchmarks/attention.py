@@ -12,6 +12,7 @@ implementations, timed beside it.
 
   python -m benchmarks.attention                       # default lengths 256 1024
   python -m benchmarks.attention --lengths 256 1024 4096 --causal both --out runs/bench.json
+  python -m benchmarks.attention --lengths 4096 --peers jax.nn flax.linen torch   # skip ours' twins
   python -m benchmarks.attention --memory 8192 16384 32768 65536   # peak RSS, fwd+bwd, per length
 
 ``--memory`` runs forward+backward at batch 1, 1 head, head_dim 64 in a fresh subprocess per
@@ -98,7 +99,7 @@ def peers(causal, length):
   }
 
 
-def run(lengths, causal_options, batch, heads, head_dim, repeats):
+def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None):
   rows = []
   for causal in causal_options:
     for length in lengths:
@@ -108,9 +109,11 @@ def run(lengths, causal_options, batch, heads, head_dim, repeats):
       row = {"length": length, "causal": causal}
       timers = {}
       for name, attention in peers(causal, length).items():
+        if only and name not in only:
+          continue
         forward, backward = jax_timers(attention, q, k, v)
         timers[f"{name} fwd"], timers[f"{name} fwd+bwd"] = forward, backward
-      if torch is not None:
+      if torch is not None and (not only or "torch" in only):
         timers["torch fwd"], timers["torch fwd+bwd"] = torch_timers(q, k, v, causal)
       for kind in ("fwd", "fwd+bwd"):
         row.update(interleaved_medians(
@@ -190,6 +193,9 @@ def main():
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--peers", nargs="+", default=None,
+                      choices=["flash", "reference", "jax.nn", "flax.linen", "torch"],
+                      help="time only these beside ours (default: all)")
   parser.add_argument("--out", default=None, help="also write the rows as JSON here")
   parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="LENGTH",
                       help="measure peak RSS of forward+backward at these lengths instead")
@@ -209,7 +215,8 @@ def main():
         f"torch {torch.__version__ if torch else 'not installed'}; batch {args.batch}, "
         f"{args.heads} heads, head_dim {args.head_dim}, fp32; median of {args.repeats}; "
         f"(ratio = ours / peer, below 1 = ours faster)")
-  rows = run(args.lengths, causal_options, args.batch, args.heads, args.head_dim, args.repeats)
+  rows = run(args.lengths, causal_options, args.batch, args.heads, args.head_dim, args.repeats,
+             set(args.peers) | {"ours"} if args.peers else None)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=2)
