@@ -26,14 +26,34 @@ def corpus_bleu(references: Sequence[Sequence[str]], hypotheses: Sequence[Sequen
   if len(references) != len(hypotheses) or not references:
     raise ValueError(f"references ({len(references)}) and hypotheses ({len(hypotheses)}) must be "
                      "non-empty lists of the same length")
+  return corpus_bleu_multi([[r] for r in references], hypotheses, max_n)
+
+
+def corpus_bleu_multi(references: Sequence[Sequence[Sequence[str]]],
+                      hypotheses: Sequence[Sequence[str]], max_n: int = 4) -> float:
+  """Corpus BLEU with one or more references per hypothesis (as for COCO captions).
+
+  An n-gram's count is clipped by its largest count in any one reference; ``r`` sums, per
+  hypothesis, the reference length closest to the hypothesis length (the shorter on a tie).
+  With one reference each this is :func:`corpus_bleu`.
+  """
+  if len(references) != len(hypotheses) or not references:
+    raise ValueError(f"references ({len(references)}) and hypotheses ({len(hypotheses)}) must be "
+                     "non-empty lists of the same length")
   if max_n < 1:
     raise ValueError(f"max_n must be >= 1, got {max_n}")
   matches, totals = np.zeros(max_n), np.zeros(max_n)
   ref_len = hyp_len = 0
-  for ref, hyp in zip(references, hypotheses):
-    ref_len, hyp_len = ref_len + len(ref), hyp_len + len(hyp)
+  for i, (refs, hyp) in enumerate(zip(references, hypotheses)):
+    if not refs:
+      raise ValueError(f"hypothesis {i} has no reference")
+    ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+    hyp_len += len(hyp)
     for n in range(1, max_n + 1):
-      hyp_ngrams, ref_ngrams = _ngrams(hyp, n), _ngrams(ref, n)
+      hyp_ngrams = _ngrams(hyp, n)
+      ref_ngrams = collections.Counter()
+      for r in refs:
+        ref_ngrams |= _ngrams(r, n)  # element-wise max
       matches[n - 1] += sum(min(c, ref_ngrams[g]) for g, c in hyp_ngrams.items())
       totals[n - 1] += max(len(hyp) - n + 1, 0)
   if hyp_len == 0 or np.any(matches == 0):

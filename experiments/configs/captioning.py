@@ -3,6 +3,7 @@
   --config=experiments/configs/captioning.py        default: a few minutes on a 2-core CPU
   --config=experiments/configs/captioning.py:gpu    wider model, longer training
   --config=experiments/configs/captioning.py:tiny   seconds; used by the tests
+  --config=experiments/configs/captioning.py:coco   TFDS coco_captions (internet; GPU advised)
 """
 
 import ml_collections
@@ -19,6 +20,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.data.dataset_config = "default"  # "small": 1,000 train images
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default dir
   config.data.max_caption_len = 24  # 4 objects x 4 words + 3 x "left of" + EOS = 23
+  # Catalog datasets only ("coco_captions"): the square side images are resized to, the word
+  # vocabulary (incl. 4 reserved ids) built from the references of the first vocab_examples
+  # training images.
+  config.data.image_size = 96
+  config.data.vocab_size = 5000
+  config.data.vocab_examples = 20_000
 
   config.model = ml_collections.ConfigDict()
   config.model.embed_dim = 32
@@ -29,6 +36,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.gate = True
   config.model.coordinates = False  # CoordConv (y, x) input channels
   config.model.dropout_rate = 0.0
+  config.model.init_dropout_rate = 0.0  # dropout on the mean feature of the initial state
   # lambda of the doubly stochastic regulariser (Xu et al. use 1 with 196 positions and longer
   # captions; with 144 positions and <= 23 words full coverage is impossible, so keep it small).
   config.model.attention_penalty = 0.01
@@ -83,6 +91,23 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.warmup_steps = 500
     config.checkpoint_every = 2000
     config.eval.beam_size = 3
+  elif preset == "coco":
+    config.data.dataset = "coco_captions"
+    config.data.max_caption_len = 20  # longer references are cut
+    config.data.image_size = 96
+    config.model.embed_dim = 256
+    config.model.hidden_dim = 512
+    config.model.attention_dim = 256
+    config.model.channels = (64, 128, 256, 256)
+    config.model.strides = (2, 2, 2, 1)  # 96x96 -> a 12x12 grid
+    config.model.dropout_rate = 0.3
+    config.batch_size = 64
+    config.num_steps = 50_000
+    config.learning_rate = 1e-3
+    config.warmup_steps = 1000
+    config.checkpoint_every = 2000
+    config.eval.beam_size = 3
+    config.eval.max_examples = 5000
   else:
-    raise ValueError(f"unknown captioning preset {preset!r}; valid: default, tiny, gpu")
+    raise ValueError(f"unknown captioning preset {preset!r}; valid: default, tiny, gpu, coco")
   return config
