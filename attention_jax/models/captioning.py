@@ -99,6 +99,9 @@ class Captioner(nn.Module):
     gate: use the gating scalar beta (Xu et al. 2015, section 4.2.1).
     coordinates: CoordConv input channels in the encoder.
     dropout_rate: dropout before the output layer.
+    init_dropout_rate: dropout on the mean feature that initialises the LSTM (training only):
+      the initial state then cannot carry the whole scene reliably, so the decoder has to read
+      the objects through the attention.
   """
   vocab_size: int
   embed_dim: int = 32
@@ -109,6 +112,7 @@ class Captioner(nn.Module):
   gate: bool = True
   coordinates: bool = False
   dropout_rate: float = 0.0
+  init_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -125,6 +129,7 @@ class Captioner(nn.Module):
     self.cell = nn.LSTMCell(self.hidden_dim, **dims)
     self.output_dense = nn.Dense(self.vocab_size, **dims)
     self.dropout = nn.Dropout(self.dropout_rate)
+    self.init_dropout = nn.Dropout(self.init_dropout_rate)
 
   def encode(self, images) -> CaptionMemory:
     """``images [B, S, S, 3]`` -> :class:`CaptionMemory` with ``N = H * W`` grid positions."""
@@ -139,9 +144,10 @@ class Captioner(nn.Module):
       size = -(-size // stride)
     return size, size
 
-  def initial_state(self, memory: CaptionMemory):
-    """The LSTM carry ``(c_0, h_0)`` from the mean feature, each ``[B, hidden_dim]``."""
-    mean = memory.features.mean(axis=1)
+  def initial_state(self, memory: CaptionMemory, deterministic: bool = True):
+    """The LSTM carry ``(c_0, h_0)`` from the mean feature, each ``[B, hidden_dim]``
+    (``init_dropout_rate`` applies when not ``deterministic``)."""
+    mean = self.init_dropout(memory.features.mean(axis=1), deterministic=deterministic)
     return jnp.tanh(self.init_c(mean)), jnp.tanh(self.init_h(mean))
 
   def decode_step(self, memory: CaptionMemory, state, tokens, deterministic: bool = True):
@@ -188,7 +194,8 @@ class Captioner(nn.Module):
 
     scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                    in_axes=(nn.broadcast, 1), out_axes=1)
-    _, (logits, weights) = scan(self, self.initial_state(memory), memory, decoder_inputs)
+    start = self.initial_state(memory, deterministic)
+    _, (logits, weights) = scan(self, start, memory, decoder_inputs)
     return logits, weights
 
 
