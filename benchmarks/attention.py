@@ -47,14 +47,18 @@ except ImportError:  # PyTorch is optional: its column stays empty.
 
 def interleaved_medians(timers: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
   """Median milliseconds of each timer, the timers taking turns (one call each per round) so
-  that load from other processes falls on all of them alike."""
+  that load from other processes falls on all of them alike. The order rotates every round and
+  each call starts after a short pause: a call right after another framework's otherwise pays for
+  that framework's worker threads still spinning (measured: up to 2x for the first in a round)."""
   for fn in timers.values():
     fn()  # compile / warm up
-  times = {name: [] for name in timers}
-  for _ in range(repeats):
-    for name, fn in timers.items():
+  names = list(timers)
+  times = {name: [] for name in names}
+  for round_ in range(repeats):
+    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+      time.sleep(0.05)
       start = time.perf_counter()
-      fn()
+      timers[name]()
       times[name].append((time.perf_counter() - start) * 1e3)
   return {name: statistics.median(t) for name, t in times.items()}
 
