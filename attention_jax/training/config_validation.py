@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from attention_jax.parallel import mesh as mesh_lib
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_rsqrt")
 
@@ -51,6 +53,9 @@ def default_training_config() -> ml_collections.ConfigDict:
   * ``keep_checkpoints`` (int > 0): how many of the latest checkpoints to keep.
   * ``eval_every`` (int >= 0): steps between evaluations; 0 evaluates only at the end.
   * ``async_checkpointing`` (bool): write checkpoints in a background thread.
+  * ``mesh.data``, ``mesh.fsdp``, ``mesh.sequence`` (int): the device mesh the loop trains on
+    (:func:`attention_jax.parallel.make_mesh`); ``mesh.data = -1`` takes every device the other
+    axes leave, so the default is data parallelism over all devices (one device: a 1x1x1 mesh).
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -72,6 +77,7 @@ def default_training_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.eval_every = 0
   config.async_checkpointing = True
+  config.mesh = mesh_lib.default_mesh_config()
   return config
 
 
@@ -183,7 +189,8 @@ TRAINING_SCHEMA: dict[str, Sequence[Check]] = {
 
 
 def _training_cross_checks(config: Mapping[str, Any]) -> None:
-  """Checks between fields of the training schema."""
+  """Checks between fields of the training schema, and the optional ``mesh`` fields."""
+  mesh_lib.validate_mesh_config(config.get("mesh"))
   if config["schedule"] == "warmup_rsqrt" and config["warmup_steps"] == 0:
     raise ValueError(
         "config.warmup_steps must be > 0 when config.schedule is 'warmup_rsqrt', got 0")

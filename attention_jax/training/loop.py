@@ -22,10 +22,20 @@ a checkpoint at step ``k`` implies the log lines up to ``k`` were written. All t
 at ``done == num_steps``. Before any of them the loop checks that no step produced a NaN/Inf
 loss or gradient norm (and, before saving, that the parameters are finite); otherwise it raises
 ``FloatingPointError`` without saving, leaving the last good checkpoint in place.
+
+Devices: the loop builds the mesh of ``config.mesh`` (:mod:`attention_jax.parallel`; default
+data parallelism over all devices), places the state with its ``NamedSharding`` rules (``fsdp``
+splits parameters and optimiser state) before restoring into it, places each batch (rows over
+``data`` x ``fsdp``, tokens over ``sequence``), compiles the step with the state's shardings as
+outputs and runs it under ``jax.set_mesh(mesh)``: XLA partitions the step, no experiment code
+changes. With several processes (``jax.process_count() > 1``) each process feeds only its own
+rows of the global batch of ``config.batch_size`` rows: ``get_batch(step, rows=slice)`` when
+``get_batch`` takes a ``rows`` argument, else the rows sliced from ``get_batch(step)``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -36,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from attention_jax import parallel
 from attention_jax.training import metric_writers
 from attention_jax.training import metrics as metrics_lib
 from attention_jax.training.checkpointing import Checkpointer
@@ -88,6 +99,34 @@ def _raise_if_nonfinite(host_sums: Mapping[str, Any], first_step: int, last_step
         f"loss is {loss_sum} in steps {first_step}..{last_step}; {_last_good(checkpointer)}")
 
 
+def _takes_rows(get_batch: Callable) -> bool:
+  try:
+    return "rows" in inspect.signature(get_batch).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _batch_feeder(config, mesh, get_batch, prepare_batch):
+  """``step -> batch placed on the mesh``; with several processes, only this process's rows."""
+  global_rows = int(config.batch_size)
+  several = jax.process_count() > 1
+  rows = parallel.local_rows(mesh, global_rows) if several else None
+  takes_rows = _takes_rows(get_batch)
+
+  def feed(step):
+    if not several:
+      batch = get_batch(step)
+    elif takes_rows:
+      batch = get_batch(step, rows=rows)
+    else:
+      batch = jax.tree.map(lambda x: np.asarray(x)[rows] if np.ndim(x) else x, get_batch(step))
+    if prepare_batch is not None:
+      batch = prepare_batch(batch)
+    return parallel.place_batch(batch, mesh, global_rows)
+
+  return feed
+
+
 def train(
     config,
     workdir: str | os.PathLike,
@@ -115,13 +154,13 @@ def train(
       A checkpoint is restored into its structure (dtypes, shardings, ``apply_fn``, ``tx``).
       Its buffers may be donated: do not use it after the call.
     train_step: ``(state, batch) -> (state, metric_sums)``, e.g. ``make_train_step(loss_fn)``.
-    get_batch: ``step -> dict of numpy arrays``, a pure function of the step.
+    get_batch: ``step -> dict of numpy arrays``, a pure function of the step; with several
+      processes, optionally ``(step, rows=slice) -> those rows only`` (see the module doc).
     eval_fn: ``state -> dict of floats`` (e.g. ``lambda s: evaluate(eval_step, s, batches())``),
       run every ``eval_every`` steps and at the end.
     learning_rate_fn: the optax schedule, to log ``learning_rate`` (the rate of the latest
       update, ``learning_rate_fn(step - 1)``).
-    prepare_batch: applied to each batch before the step (e.g. ``jax.device_put`` with a
-      sharding).
+    prepare_batch: applied to each host batch before it is placed on the mesh.
     progress: show a tqdm bar; None shows it only when stderr is a terminal.
     summary_writer: "auto" (TensorBoard in ``workdir/tensorboard`` if installed), None, or an
       object with ``scalar(tag, value, step)``, ``flush()`` (and optionally ``close()``).
@@ -141,18 +180,39 @@ def train(
   primary = jax.process_index() == 0  # Other hosts write only their checkpoint shards.
   if primary:
     save_config_json(config, os.path.join(workdir, "config.json"))
-  num_steps = int(config.num_steps)
-  log_every = int(config.log_every)
-  eval_every = int(config.eval_every)
   checkpoint_every = int(config.checkpoint_every)
 
+  mesh = parallel.make_mesh(config.get("mesh"))
+  logging.info("Training on mesh %s (%s devices, %d processes)", dict(mesh.shape),
+               mesh.devices.size, jax.process_count())
   state = init_state() if callable(init_state) else init_state
+  state = parallel.place_state(state, mesh)
+  step_fn = parallel.sharded_train_step(train_step, mesh, parallel.state_shardings(state, mesh))
+  feed = _batch_feeder(config, mesh, get_batch, prepare_batch)
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"), save_every=checkpoint_every,
       keep=int(config.keep_checkpoints), config=config_to_dict(config),
       async_save=bool(config.get("async_checkpointing", True)))
   log = (metric_writers.JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if primary
          else _NullLog())
+  try:
+    with jax.set_mesh(mesh):
+      return _run(config, workdir, state, step_fn, feed, checkpointer, log, eval_fn,
+                  learning_rate_fn, progress, summary_writer, metric_denominators,
+                  on_checkpoint, primary)
+  finally:
+    log.close()
+    checkpointer.close()  # Waits for an async save in flight: it is complete on return.
+
+
+def _run(config, workdir, state, train_step, get_batch, checkpointer, log, eval_fn,
+         learning_rate_fn, progress, summary_writer, metric_denominators, on_checkpoint,
+         primary):
+  """The body of :func:`train` once the mesh, state, step and feeder are set up."""
+  num_steps = int(config.num_steps)
+  log_every = int(config.log_every)
+  eval_every = int(config.eval_every)
+  checkpoint_every = int(config.checkpoint_every)
   writer = None
   pbar = None
   try:
@@ -175,8 +235,6 @@ def train(
     interval_start, interval_time = start, time.perf_counter()
     for step in range(start, num_steps):
       batch = get_batch(step)
-      if prepare_batch is not None:
-        batch = prepare_batch(batch)
       state, step_sums = train_step(state, batch)
       sums = step_sums if sums is None else _accumulate(sums, step_sums)
       pbar.update(1)
@@ -230,7 +288,5 @@ def train(
   finally:
     if pbar is not None:
       pbar.close()
-    log.close()
     if writer is not None and hasattr(writer, "close"):
       writer.close()
-    checkpointer.close()  # Waits for an async save in flight: it is complete on return.

@@ -85,7 +85,11 @@ def make_train_step(
     return state.apply_gradients(grads=grads), sums
 
   if jit:
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    step = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    # What training.train needs to compile the step again with the mesh's output shardings.
+    step.unjitted = train_step
+    step.donate = donate
+    return step
   return train_step
 
 
