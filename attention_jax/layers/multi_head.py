@@ -17,10 +17,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention_jax import ops
+from attention_jax import parallel
 from attention_jax.ops import validation
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+
+#: ``implementation`` value for sequence-parallel ring attention over the mesh axis RING_AXIS.
+RING = "ring"
+RING_AXIS = "sequence"
 
 
 def resolve_deterministic(field: bool | None, argument: bool | None, dropout_rate: float) -> bool:
@@ -60,7 +65,12 @@ class MultiHeadAttention(nn.Module):
     kernel_init, bias_init: initialisers of the projections (Flax's defaults).
     dtype: computation dtype (``None``: from the inputs and parameters).
     param_dtype: parameter dtype.
-    implementation: passed to :func:`ops.dot_product_attention`.
+    implementation: passed to :func:`ops.dot_product_attention`, or ``"ring"``: sequence
+      parallelism with :func:`attention_jax.parallel.ring_attention` over the ``sequence`` axis
+      of the context mesh (``jax.set_mesh``; :func:`attention_jax.training.train` sets it), for
+      self-attention without mask, bias, lengths, attention dropout or weights. Where that axis
+      is absent or of size 1, in decode mode and in cross-attention, ``"ring"`` is the default
+      path (``None``), so one model trains split and evaluates or generates on one device.
   """
 
   num_heads: int
@@ -147,19 +157,52 @@ class MultiHeadAttention(nn.Module):
 
     deterministic = resolve_deterministic(self.deterministic, deterministic, self.dropout_rate)
     dropout_rate = 0.0 if deterministic else self.dropout_rate
+    implementation = self.implementation
+    if implementation == RING:
+      if self._ring_active(cross):
+        self._check_ring(mask, bias, query_lengths, key_lengths, dropout_rate, sow_weights)
+        result = parallel.ring_attention(query, key, value, is_causal=is_causal,
+                                         axis_name=RING_AXIS)
+        return self._out(result, features)
+      implementation = None
     dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
     result = ops.dot_product_attention(
         query, key, value, bias, mask, is_causal=is_causal, query_lengths=query_lengths,
         key_lengths=key_lengths, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-        return_weights=sow_weights, implementation=self.implementation)
+        return_weights=sow_weights, implementation=implementation)
     if sow_weights:
       result, weights = result
       self.sow("intermediates", "attention_weights", weights)
 
+    return self._out(result, features)
+
+  def _out(self, result, features):
     return nn.DenseGeneral(
         features=features, axis=(-2, -1), use_bias=self.use_bias, kernel_init=self.kernel_init,
         bias_init=self.bias_init, dtype=self.dtype, param_dtype=self.param_dtype,
         name="out")(result)
+
+  def _ring_active(self, cross: bool) -> bool:
+    """Whether ``implementation="ring"`` splits this call over the context mesh."""
+    if cross or self.decode:
+      return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return (not mesh.empty and RING_AXIS in mesh.axis_names
+            and int(mesh.shape[RING_AXIS]) > 1)
+
+  @staticmethod
+  def _check_ring(mask, bias, query_lengths, key_lengths, dropout_rate, sow_weights) -> None:
+    unsupported = [name for name, value in (
+        ("mask", mask), ("bias", bias), ("query_lengths", query_lengths),
+        ("key_lengths", key_lengths)) if value is not None]
+    if dropout_rate > 0.0:
+      unsupported.append(f"attention dropout_rate={dropout_rate}")
+    if sow_weights:
+      unsupported.append("sow_weights=True")
+    if unsupported:
+      raise ValueError(
+          f"implementation='ring' (sequence parallelism over mesh axis {RING_AXIS!r}) supports "
+          f"only is_causal; got {', '.join(unsupported)}")
 
   def _head_dim(self, qkv_features: int, kv_heads: int) -> int:
     if self.num_heads <= 0 or qkv_features % self.num_heads:

@@ -66,7 +66,9 @@ class TransformerConfig:
     use_bias: biases in the attention projections.
     dtype: computation dtype (``None``: float32).
     param_dtype: parameter dtype.
-    implementation: passed to :func:`attention_jax.ops.dot_product_attention`.
+    implementation: passed to :func:`attention_jax.ops.dot_product_attention`; ``"ring"``
+      splits the self-attention over the ``sequence`` axis of the context mesh (sequence
+      parallelism, see :class:`attention_jax.layers.MultiHeadAttention`).
   """
 
   vocab_size: int
