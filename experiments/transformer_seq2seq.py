@@ -80,12 +80,12 @@ def _cross_checks(config) -> None:
 
 def rnn_config(config):
   """The RNN's config: ``config.rnn`` with this config's data, batch size, steps and seed."""
-  rnn = copy.deepcopy(config.rnn)
+  rnn = copy.deepcopy(config.rnn)  # works on a locked config too (as from --config flags)
   rnn.data = copy.deepcopy(config.data)
   for field in ("batch_size", "num_steps", "seed", "log_every", "checkpoint_every"):
-    setattr(rnn, field, getattr(config, field))
-  rnn.eval = copy.deepcopy(config.eval)
-  del rnn.eval["length_penalty"]
+    rnn[field] = config[field]
+  for field in ("batch_size", "beam_size", "max_examples"):
+    rnn.eval[field] = config.eval[field]
   seq2seq.validate(rnn)
   return rnn
 
@@ -230,6 +230,18 @@ def _parameters(params) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
+def training_time(model_dir: str) -> dict[str, float]:
+  """Seconds of training and examples per second over the whole run, summed from the logged
+  intervals of ``metrics.jsonl`` (so a resumed run still reports all of it, without the time
+  spent compiling, checkpointing and evaluating)."""
+  rows = [r for r in training.read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
+          if r.get("split") == "train" and r.get("steps_per_sec")]
+  seconds = sum(r["num_steps"] / r["steps_per_sec"] for r in rows)
+  examples = sum(r["example_count"] for r in rows)
+  return {"train_seconds": round(seconds, 1),
+          "train_examples_per_second": round(examples / seconds, 1) if seconds else None}
+
+
 def run_transformer(config, workdir: str, sources) -> dict[str, Any]:
   tokenizer = load_tokenizer(workdir, sources["train"])
   lengths = dict(max_input_len=config.data.max_input_len,
@@ -244,7 +256,8 @@ def run_transformer(config, workdir: str, sources) -> dict[str, Any]:
   start = time.perf_counter()
   state = train_transformer(config, model_dir, model, train_batches, val_batches)
   results = {"parameters": _parameters(state.params),
-             "train_seconds_this_run": round(time.perf_counter() - start, 1)}
+             "train_seconds_this_run": round(time.perf_counter() - start, 1),
+             **training_time(model_dir)}
   decode = make_decoder(model, config.eval.beam_size, config.data.max_target_len,
                         config.eval.length_penalty)
   for split in ("test", "test_long"):
@@ -268,10 +281,11 @@ def run_rnn(config, workdir: str, sources) -> dict[str, Any]:
                                   batch_size=rnn.eval.batch_size, **lengths)
   model = seq2seq.make_model(rnn, "additive", source_tok, target_tok)
   start = time.perf_counter()
-  state = seq2seq.train_model(rnn, os.path.join(workdir, "rnn_additive"), model, train_batches,
-                              val_batches)
+  model_dir = os.path.join(workdir, "rnn_additive")
+  state = seq2seq.train_model(rnn, model_dir, model, train_batches, val_batches)
   results = {"parameters": _parameters(state.params),
-             "train_seconds_this_run": round(time.perf_counter() - start, 1)}
+             "train_seconds_this_run": round(time.perf_counter() - start, 1),
+             **training_time(model_dir)}
   decode = seq2seq.make_decoder(model, rnn.eval.beam_size, rnn.data.max_target_len)
   for split in ("test", "test_long"):
     decoded = seq2seq.decode_split(decode, state.params, sources[split], source_tok, target_tok,
@@ -282,11 +296,13 @@ def run_rnn(config, workdir: str, sources) -> dict[str, Any]:
 
 def comparison_table(models: dict[str, Any]) -> str:
   """A Markdown table of the models' numbers (the README's)."""
-  lines = ["| model | parameters | train s | test exact | test per-char | test_long exact |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| model | parameters | train s | train examples/s | test exact | test per-char | "
+           "test_long exact |",
+           "|---|---|---|---|---|---|---|"]
   for name, r in models.items():
     lines.append(
-        f"| {MODEL_NAMES[name]} | {r['parameters']:,} | {r['train_seconds_this_run']:.0f} | "
+        f"| {MODEL_NAMES[name]} | {r['parameters']:,} | {r['train_seconds']:.0f} | "
+        f"{r['train_examples_per_second'] or 0:.0f} | "
         f"{100 * r['test']['exact_match']:.2f}% | {100 * r['test']['char_accuracy']:.2f}% | "
         f"{100 * r['test_long']['exact_match']:.2f}% |")
   return "\n".join(lines)

@@ -101,7 +101,10 @@ def test_rnn_gets_the_same_budget_and_data(tmp_path):
   config.num_steps = 17
   config.batch_size = 8
   config.data.dataset_config = "small"
+  config.eval.beam_size = 3
+  config.lock()  # as the --config flag hands it over
   rnn = transformer_seq2seq.rnn_config(config)
+  assert rnn.eval.beam_size == 3
   assert (rnn.num_steps, rnn.batch_size, rnn.seed) == (17, 8, config.seed)
   assert rnn.data.to_dict() == config.data.to_dict()
   assert tuple(rnn.attentions) == ("additive",)
