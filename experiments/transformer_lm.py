@@ -15,6 +15,9 @@ text files, or ``"tiny_shakespeare"`` from TFDS), and writes into ``--workdir``:
       --workdir=runs/transformer_lm
   python -m experiments.transformer_lm --config=experiments/configs/transformer_lm.py:gpu \
       --workdir=runs/transformer_lm_gpu
+
+On several devices (README "Scaling out"): ``--config.mesh.data``, ``--config.mesh.fsdp`` and
+``--config.mesh.sequence`` (the context split over devices with ring attention).
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ def _cross_checks(config) -> None:
   training.validate_config(config)
   if config.data.source == "files" and not config.data.paths:
     raise ValueError("config.data.source='files' needs config.data.paths")
+  sequence = int(config.mesh.sequence)
+  if config.model.context % sequence:
+    raise ValueError(f"config.model.context={config.model.context} must be a multiple of "
+                     f"config.mesh.sequence={sequence} (the context is split over it)")
   if config.model.features % config.model.num_heads:
     raise ValueError(f"config.model.features={config.model.features} must be divisible by "
                      f"config.model.num_heads={config.model.num_heads}")
@@ -130,11 +137,15 @@ def split_ids(tokenizer: data.CharTokenizer, text: str, validation_fraction: flo
   return ids[:cut], ids[cut:]
 
 
-def make_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: int):
+def make_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: int,
+               rows: slice | None = None):
   """Random windows, a pure function of ``(seed, step)``: ``inputs``/``targets`` int32
-  ``[batch, context]`` with ``targets`` shifted by one."""
+  ``[batch, context]`` with ``targets`` shifted by one; ``rows`` reads only those rows of the
+  batch (a process's share when several train together)."""
   rng = np.random.default_rng([seed, step])
   starts = rng.integers(0, len(ids) - context - 1, batch_size)
+  if rows is not None:
+    starts = starts[rows]
   windows = ids[starts[:, None] + np.arange(context + 1)]
   return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
@@ -153,12 +164,15 @@ def bigram_loss(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int,
 
 
 def make_model(config, vocab_size: int) -> tf.DecoderOnlyLM:
+  """The LM; with ``config.mesh.sequence > 1`` its self-attention is ring attention over the
+  ``sequence`` mesh axis while training (and the default attention elsewhere)."""
   m = config.model
   return tf.DecoderOnlyLM(tf.TransformerConfig(
       vocab_size=vocab_size, features=m.features, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
       num_layers=m.num_layers, max_length=m.context, positions=m.positions,
       pre_norm=m.pre_norm, dropout_rate=m.dropout_rate, tie_embeddings=True,
-      dtype=jnp.bfloat16 if m.dtype == "bfloat16" else None))
+      dtype=jnp.bfloat16 if m.dtype == "bfloat16" else None,
+      implementation="ring" if config.mesh.sequence > 1 else None))
 
 
 def train_model(config, workdir: str, model: tf.DecoderOnlyLM, train_ids, val_batches):
@@ -183,7 +197,8 @@ def train_model(config, workdir: str, model: tf.DecoderOnlyLM, train_ids, val_ba
       lambda: training.create_train_state(params, tx, seed=config.seed + 1,
                                           apply_fn=model.apply),
       training.make_train_step(loss_fn),
-      lambda step: make_batch(train_ids, config.seed, step, config.batch_size, context),
+      lambda step, rows=None: make_batch(train_ids, config.seed, step, config.batch_size,
+                                         context, rows),
       eval_fn=lambda state: training.evaluate(eval_step, state, val_batches),
       learning_rate_fn=schedule)
 

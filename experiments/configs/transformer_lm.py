@@ -3,6 +3,10 @@
   --config=experiments/configs/transformer_lm.py        default: ~0.8M parameters, 2-core CPU
   --config=experiments/configs/transformer_lm.py:gpu    nanoGPT shakespeare-char scale (6 x 384)
   --config=experiments/configs/transformer_lm.py:tiny   seconds; used by the tests
+
+Every preset trains on the mesh of ``config.mesh`` (default: data parallelism over all devices);
+``--config.mesh.sequence=4`` splits the context over 4 devices with ring attention (the context
+must be a multiple of it), ``--config.mesh.fsdp=2`` shards parameters and optimiser state.
 """
 
 import ml_collections
