@@ -55,6 +55,9 @@ CONFIG_SCHEMA = {
     "model.attention_dim": (training.is_int(), training.greater_than(0)),
     "model.gate": (training.is_bool(),),
     "model.coordinates": (training.is_bool(),),
+    "model.coverage": (training.is_bool(),),
+    "model.grid_coordinates": (training.is_bool(),),
+    "model.normalize": (training.is_bool(),),
     "model.dropout_rate": (training.is_number(), training.at_least(0), training.at_most(0.9)),
     "model.init_dropout_rate": (training.is_number(), training.at_least(0),
                                 training.at_most(0.9)),
@@ -95,7 +98,8 @@ def make_model(config, vocab_size: int = sc.WordTokenizer.vocab_size) -> caption
       vocab_size=vocab_size, embed_dim=m.embed_dim, hidden_dim=m.hidden_dim,
       attention_dim=m.attention_dim, channels=tuple(m.channels), strides=tuple(m.strides),
       gate=m.gate, coordinates=m.coordinates, dropout_rate=m.dropout_rate,
-      init_dropout_rate=m.init_dropout_rate)
+      init_dropout_rate=m.init_dropout_rate, coverage=m.coverage,
+      grid_coordinates=m.grid_coordinates, normalize=m.normalize)
 
 
 def split_arrays(config, split: str) -> dict[str, np.ndarray]:

@@ -51,11 +51,18 @@ class ConvEncoder(nn.Module):
     position_embedding: add a learned ``[H, W, C]`` table to the last layer's output.
     coordinates: append the pixel's (y, x) in [-1, 1] to the image channels (CoordConv), so the
       features say where they are, not only what is there.
+    grid_coordinates: append the cell's (y, x) in [-1, 1] to the output grid (``C + 2``
+      channels), so a key's position is a fixed linear feature from the start.
+    normalize: LayerNorm over the channels of the last convolution (before the position
+      embedding), so content features have unit scale and do not drown the position signal
+      (unnormalised, their norm grows to ~25 while a learned position embedding stays < 1).
   """
   channels: Sequence[int] = (32, 64, 64)
   strides: Sequence[int] = (1, 2, 2)
   position_embedding: bool = True
   coordinates: bool = False
+  grid_coordinates: bool = False
+  normalize: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -70,20 +77,29 @@ class ConvEncoder(nn.Module):
     x = jnp.asarray(images)
     x = x.astype(self.dtype) / 255.0 if x.dtype == jnp.uint8 else x.astype(self.dtype)
     if self.coordinates:
-      b, h, w, _ = x.shape
-      ys, xs = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
-      grid = jnp.broadcast_to(jnp.stack([ys, xs], -1).astype(x.dtype), (b, h, w, 2))
-      x = jnp.concatenate([x, grid], axis=-1)
+      x = _append_coordinates(x)
     for i, (features, stride) in enumerate(zip(self.channels, self.strides)):
       x = nn.Conv(features, (3, 3), strides=stride, dtype=self.dtype, param_dtype=self.param_dtype,
                   name=f"conv{i}")(x)
       if i < len(self.channels) - 1:
         x = nn.relu(x)
+    if self.normalize:
+      x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     if self.position_embedding:
       table = self.param("position_embedding", nn.initializers.normal(0.02), x.shape[1:],
                          self.param_dtype)
       x = x + table.astype(x.dtype)
+    if self.grid_coordinates:
+      x = _append_coordinates(x)
     return x
+
+
+def _append_coordinates(x) -> Array:
+  """``x [B, H, W, C]`` -> ``[B, H, W, C + 2]`` with each position's (y, x) in [-1, 1]."""
+  b, h, w, _ = x.shape
+  ys, xs = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
+  grid = jnp.broadcast_to(jnp.stack([ys, xs], -1).astype(x.dtype), (b, h, w, 2))
+  return jnp.concatenate([x, grid], axis=-1)
 
 
 class Captioner(nn.Module):
@@ -98,10 +114,16 @@ class Captioner(nn.Module):
       ``C = channels[-1]``).
     gate: use the gating scalar beta (Xu et al. 2015, section 4.2.1).
     coordinates: CoordConv input channels in the encoder.
+    grid_coordinates: (y, x) channels appended to the grid (``C + 2`` features).
+    normalize: LayerNorm on the grid's content features (see :class:`ConvEncoder`).
     dropout_rate: dropout before the output layer.
     init_dropout_rate: dropout on the mean feature that initialises the LSTM (training only):
       the initial state then cannot carry the whole scene reliably, so the decoder has to read
       the objects through the attention.
+    coverage: coverage-aware scores (Tu et al. 2016; See et al. 2017): the attention so far,
+      ``cov_ij = sum_{t' < t} a_t'ij``, enters the score as ``v . tanh(W_q h + W_k h_ij + b +
+      cov_ij u)``, so the decoder can tell what it has already looked at; the state is then
+      ``(c, h, cov [B, N])``.
   """
   vocab_size: int
   embed_dim: int = 32
@@ -111,15 +133,20 @@ class Captioner(nn.Module):
   strides: Sequence[int] = (1, 2, 2)
   gate: bool = True
   coordinates: bool = False
+  grid_coordinates: bool = False
+  normalize: bool = False
   dropout_rate: float = 0.0
   init_dropout_rate: float = 0.0
+  coverage: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
     dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder = ConvEncoder(tuple(self.channels), tuple(self.strides),
-                               coordinates=self.coordinates, **dims)
+                               coordinates=self.coordinates,
+                               grid_coordinates=self.grid_coordinates,
+                               normalize=self.normalize, **dims)
     self.attend = layers.AdditiveAttention(
         self.attention_dim, score_init=nn.initializers.normal(self.attention_dim ** -0.5), **dims)
     self.init_c = nn.Dense(self.hidden_dim, **dims)
@@ -130,6 +157,9 @@ class Captioner(nn.Module):
     self.output_dense = nn.Dense(self.vocab_size, **dims)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.init_dropout = nn.Dropout(self.init_dropout_rate)
+    if self.coverage:
+      self.coverage_vector = self.param("coverage_vector", nn.initializers.zeros,
+                                        (self.attention_dim,), self.param_dtype)
 
   def encode(self, images) -> CaptionMemory:
     """``images [B, S, S, 3]`` -> :class:`CaptionMemory` with ``N = H * W`` grid positions."""
@@ -146,16 +176,20 @@ class Captioner(nn.Module):
 
   def initial_state(self, memory: CaptionMemory, deterministic: bool = True):
     """The LSTM carry ``(c_0, h_0)`` from the mean feature, each ``[B, hidden_dim]``
-    (``init_dropout_rate`` applies when not ``deterministic``)."""
+    (``init_dropout_rate`` applies when not ``deterministic``); with ``coverage`` also
+    ``cov_0 = 0 [B, N]``."""
     mean = self.init_dropout(memory.features.mean(axis=1), deterministic=deterministic)
-    return jnp.tanh(self.init_c(mean)), jnp.tanh(self.init_h(mean))
+    carry = jnp.tanh(self.init_c(mean)), jnp.tanh(self.init_h(mean))
+    if self.coverage:
+      carry += (jnp.zeros(memory.features.shape[:2], jnp.float32),)
+    return carry
 
   def decode_step(self, memory: CaptionMemory, state, tokens, deterministic: bool = True):
     """One word.
 
     Args:
       memory: from :meth:`encode`.
-      state: the LSTM carry from :meth:`initial_state` or the previous step.
+      state: the carry from :meth:`initial_state` or the previous step.
       tokens: int ``[B]``, the previous words (BOS first).
       deterministic: disables dropout.
 
@@ -169,13 +203,17 @@ class Captioner(nn.Module):
       raise ValueError(f"tokens has batch {tokens.shape[0]} but memory has batch "
                        f"{memory.features.shape[0]}")
     query = state[1]
+    keys = memory.keys
+    if self.coverage:
+      keys = keys + state[2][..., None].astype(keys.dtype) * self.coverage_vector.astype(keys.dtype)
     context, weights = self.attend(query, memory.features, memory.features,
-                                   projected_keys=memory.keys, return_weights=True)
+                                   projected_keys=keys, return_weights=True)
     if self.gate:
       context = context * nn.sigmoid(self.gate_dense(query))
     embedded = self.embed(tokens)
     context = context.astype(embedded.dtype)
-    state, output = self.cell(state, jnp.concatenate([embedded, context], axis=-1))
+    lstm_state, output = self.cell(state[:2], jnp.concatenate([embedded, context], axis=-1))
+    state = lstm_state + ((state[2] + weights.astype(jnp.float32),) if self.coverage else ())
     features = self.dropout(jnp.concatenate([output, context, embedded], axis=-1),
                             deterministic=deterministic)
     return self.output_dense(features), state, weights

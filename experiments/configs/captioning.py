@@ -35,15 +35,23 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.strides = (1, 2, 2)  # 48x48 images -> a 12x12 grid
   config.model.gate = True
   config.model.coordinates = False  # CoordConv (y, x) input channels
+  # LayerNorm on the grid's content features: unnormalised they grow to norm ~25 and drown the
+  # position embedding (norm < 1), so no key says where it is and the attention cannot pick
+  # "the next object to the right" (measured: 0.19 -> 0.37 of the mass in the box at 600 steps).
+  config.model.normalize = True
+  config.model.grid_coordinates = True  # (y, x) channels appended to the grid (0.37 -> 0.43)
+  config.model.coverage = False  # the attention so far enters the score (coverage)
   config.model.dropout_rate = 0.0
   config.model.init_dropout_rate = 0.0  # dropout on the mean feature of the initial state
   # lambda of the doubly stochastic regulariser (Xu et al. use 1 with 196 positions and longer
-  # captions; with 144 positions and <= 23 words full coverage is impossible, so keep it small).
-  config.model.attention_penalty = 0.01
+  # captions). Here 144 positions, <= 23 words and mostly empty background: full coverage is
+  # impossible and the penalty pushes the mass of every step onto the background (measured at
+  # 600 steps: lambda 0.01 -> 0.08 of the mass in the box, 0.001 -> 0.17, 0 -> 0.19), so small.
+  config.model.attention_penalty = 0.001
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 250
-  config.eval.beam_size = 1  # 1 = greedy
+  config.eval.beam_size = 3  # 1 = greedy; > 1 also reports greedy ("test_greedy")
   config.eval.max_examples = 0  # 0 = the whole test split
   config.eval.num_overlays = 6
   config.eval.num_grid = 12
@@ -77,6 +85,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.checkpoint_every = 15
     config.eval.batch_size = 50
     config.eval.max_examples = 50
+    config.eval.beam_size = 1
     config.eval.num_overlays = 2
     config.eval.num_grid = 4
   elif preset == "gpu":
