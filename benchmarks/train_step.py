@@ -13,6 +13,7 @@ the table gives the median tokens/s per round and the ratio ours / PyTorch (abov
   python -m benchmarks.train_step                      # the default (2-core CPU) config
   python -m benchmarks.train_step --preset gpu --rounds 3 --steps 5
   python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
+  python -m benchmarks.train_step --torch-threads 1   # PyTorch single-threaded (small ops)
 
 PyTorch is an optional benchmark dependency: without it only our side is timed.
 """
@@ -160,9 +161,13 @@ def main():
                       help="ops.dot_product_attention implementation (default: None = automatic)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=20, help="steps per framework per round")
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="torch.set_num_threads (default: PyTorch's own choice, one per core)")
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
   args = parser.parse_args()
 
+  if torch is not None and args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   config = lm_configs.get_config(args.preset)
   m = config.model
   tokens_per_step = config.batch_size * m.context
@@ -196,6 +201,7 @@ def main():
         step(batches[name])
       rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - start))
   result = {"preset": args.preset, "tokens_per_step": tokens_per_step, "parameters": counts,
+            "torch_threads": torch.get_num_threads() if torch else None,
             "load_average": os.getloadavg()[0],
             **{f"{name} tokens/s": statistics.median(r) for name, r in rates.items()},
             "rounds": rates}
