@@ -37,20 +37,25 @@ from experiments import seq2seq_eval
 ATTENTIONS = ("none", "additive", "dot")
 HEATMAP_LOCALES = ("en", "de", "ko", "ru", "ar", "ja", "fr", "hi", "el", "zh", "th", "fa")
 
-CONFIG_SCHEMA = {
-    **training.TRAINING_SCHEMA,
+# The data and evaluation fields, shared with experiments/transformer_seq2seq.py.
+DATA_EVAL_SCHEMA = {
     "data.dataset_config": (training.one_of("default", "small"),),
     "data.max_input_len": (training.is_int(), training.greater_than(0)),
     "data.max_target_len": (training.is_int(), training.greater_than(1)),
+    "eval.batch_size": (training.is_int(), training.greater_than(0)),
+    "eval.beam_size": (training.is_int(), training.greater_than(0)),
+    "eval.max_examples": (training.is_int(), training.at_least(0)),
+    "eval.num_heatmaps": (training.is_int(), training.at_least(0)),
+}
+
+CONFIG_SCHEMA = {
+    **training.TRAINING_SCHEMA,
+    **DATA_EVAL_SCHEMA,
     "model.embed_dim": (training.is_int(), training.greater_than(0)),
     "model.hidden_dim": (training.is_int(), training.greater_than(0)),
     "model.attention_dim": (training.is_int(), training.greater_than(0)),
     "model.cell_type": (training.one_of("gru", "lstm"),),
     "model.dropout_rate": (training.is_number(), training.at_least(0), training.at_most(0.9)),
-    "eval.batch_size": (training.is_int(), training.greater_than(0)),
-    "eval.beam_size": (training.is_int(), training.greater_than(0)),
-    "eval.max_examples": (training.is_int(), training.at_least(0)),
-    "eval.num_heatmaps": (training.is_int(), training.at_least(0)),
 }
 
 
@@ -159,20 +164,25 @@ def decode_split(decode, params, source, source_tok, target_tok, config) -> dict
   return {"records": records, "predictions": predictions, "attentions": attentions}
 
 
+def heatmap_examples(records, count: int) -> list[int]:
+  """Indices of up to ``count`` records to draw, one per locale of ``HEATMAP_LOCALES`` in that
+  order (the first of each locale whose style has no "@" variant)."""
+  chosen = []
+  for locale in HEATMAP_LOCALES:
+    if len(chosen) >= count:
+      break
+    for i, record in enumerate(records):
+      if record["locale"] == locale and "@" not in record["style"]:
+        chosen.append(i)
+        break
+  return chosen
+
+
 def write_heatmaps(workdir: str, decoded, source_tok, target_tok, count: int) -> list[str]:
   """Alignment heatmaps (output characters x input characters) for test inputs in several
   languages."""
-  chosen, seen = [], set()
-  for locale in HEATMAP_LOCALES:
-    for i, record in enumerate(decoded["records"]):
-      if record["locale"] == locale and "@" not in record["style"] and locale not in seen:
-        chosen.append(i)
-        seen.add(locale)
-        break
-    if len(chosen) >= count:
-      break
   paths = []
-  for i in chosen:
+  for i in heatmap_examples(decoded["records"], count):
     record, prediction = decoded["records"][i], decoded["predictions"][i]
     source_chars = source_tok.tokens(source_tok.encode(record["source"]))
     output_chars = list(prediction) + ["</s>"]

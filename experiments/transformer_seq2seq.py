@@ -46,10 +46,8 @@ MODEL_NAMES = {"transformer": "Transformer encoder-decoder",
 
 CONFIG_SCHEMA = {
     **training.TRAINING_SCHEMA,
+    **seq2seq.DATA_EVAL_SCHEMA,
     "compare_rnn": (training.is_bool(),),
-    "data.dataset_config": (training.one_of("default", "small"),),
-    "data.max_input_len": (training.is_int(), training.greater_than(0)),
-    "data.max_target_len": (training.is_int(), training.greater_than(1)),
     "model.features": (training.is_int(), training.greater_than(0)),
     "model.num_heads": (training.is_int(), training.greater_than(0)),
     "model.mlp_dim": (training.is_int(), training.greater_than(0)),
@@ -58,11 +56,7 @@ CONFIG_SCHEMA = {
     "model.pre_norm": (training.is_bool(),),
     "model.dropout_rate": (training.is_number(), training.at_least(0), training.at_most(0.9)),
     "model.dtype": (training.one_of("float32", "bfloat16"),),
-    "eval.batch_size": (training.is_int(), training.greater_than(0)),
-    "eval.beam_size": (training.is_int(), training.greater_than(0)),
     "eval.length_penalty": (training.is_number(), training.at_least(0)),
-    "eval.max_examples": (training.is_int(), training.at_least(0)),
-    "eval.num_heatmaps": (training.is_int(), training.at_least(0)),
 }
 
 
@@ -204,17 +198,8 @@ def cross_attention(model: tf.EncoderDecoder, params, tokenizer, source: str,
 
 def write_heatmaps(workdir: str, model, params, decoded, tokenizer, count: int) -> list[str]:
   """Cross-attention heatmaps (one panel per head) for test inputs in several languages."""
-  chosen, seen = [], set()
-  for locale in seq2seq.HEATMAP_LOCALES:
-    for i, record in enumerate(decoded["records"]):
-      if record["locale"] == locale and "@" not in record["style"] and locale not in seen:
-        chosen.append(i)
-        seen.add(locale)
-        break
-    if len(chosen) >= count:
-      break
   paths = []
-  for i in chosen:
+  for i in seq2seq.heatmap_examples(decoded["records"], count):
     record, prediction = decoded["records"][i], decoded["predictions"][i]
     weights = cross_attention(model, params, tokenizer, record["source"], prediction)
     paths.append(plotting.plot_attention_grid(

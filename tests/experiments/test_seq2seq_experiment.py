@@ -77,3 +77,12 @@ def test_bad_config_fields_are_named(field, value, match):
 def test_unknown_preset():
   with pytest.raises(ValueError, match="unknown seq2seq preset 'huge'"):
     seq2seq_configs.get_config("huge")
+
+
+def test_heatmap_examples_take_one_record_per_locale_in_order():
+  records = [{"locale": "de", "style": "date:long"}, {"locale": "en", "style": "date@x"},
+             {"locale": "en", "style": "date:short"}, {"locale": "ko", "style": "time"},
+             {"locale": "de", "style": "time"}]
+  assert seq2seq.heatmap_examples(records, 6) == [2, 0, 3]  # en, de, ko: HEATMAP_LOCALES order
+  assert seq2seq.heatmap_examples(records, 2) == [2, 0]
+  assert seq2seq.heatmap_examples(records, 0) == []
