@@ -14,6 +14,7 @@ implementations, timed beside it.
   python -m benchmarks.attention --lengths 256 1024 4096 --causal both --out runs/bench.json
   python -m benchmarks.attention --lengths 4096 --peers jax.nn flax.linen torch   # skip ours' twins
   python -m benchmarks.attention --memory 8192 16384 32768 65536   # peak RSS, fwd+bwd, per length
+  python -m benchmarks.attention --causal-speedup --lengths 4096 --repeats 3   # full vs causal
 
 ``--memory`` runs forward+backward at batch 1, 1 head, head_dim 64 in a fresh subprocess per
 length and implementation and prints each process's peak resident memory; the reference path is
@@ -141,6 +142,32 @@ def print_row(row):
   print(" | ".join(cells) + f" | load {row['load average']:.1f}", flush=True)
 
 
+def run_causal_speedup(lengths, batch, heads, head_dim, repeats):
+  """Our default path, full and causal interleaved in one run: how much the skipped blocks save."""
+  rows = []
+  for length in lengths:
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
+               for _ in range(3))
+    timers = {}
+    for causal in (False, True):
+      attention = lambda q, k, v, causal=causal: ops.dot_product_attention(  # noqa: E731
+          q, k, v, is_causal=causal)
+      mask = "causal" if causal else "full"
+      timers[f"{mask} fwd"], timers[f"{mask} fwd+bwd"] = jax_timers(attention, q, k, v)
+    row = {"length": length}
+    for kind in ("fwd", "fwd+bwd"):
+      row.update(interleaved_medians(
+          {name: fn for name, fn in timers.items() if name.endswith(" " + kind)}, repeats))
+      row[f"speed-up {kind}"] = row[f"full {kind}"] / row[f"causal {kind}"]
+    row["load average"] = os.getloadavg()[0]
+    print(f"L={length:<6d} " + "  ".join(f"{name} {row[name]:9.1f} ms" for name in timers)
+          + f"  | causal faster by {row['speed-up fwd']:.2f}x fwd, "
+          f"{row['speed-up fwd+bwd']:.2f}x fwd+bwd | load {row['load average']:.1f}", flush=True)
+    rows.append(row)
+  return rows
+
+
 def memory_child(length, implementation):
   """Forward+backward once at batch 1, 1 head, head_dim 64; prints this process's peak RSS (MiB)."""
   rng = np.random.default_rng(0)
@@ -203,6 +230,8 @@ def main():
   parser.add_argument("--out", default=None, help="also write the rows as JSON here")
   parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="LENGTH",
                       help="measure peak RSS of forward+backward at these lengths instead")
+  parser.add_argument("--causal-speedup", action="store_true",
+                      help="time our default path full vs causal, interleaved, instead")
   parser.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.memory_child:
@@ -210,6 +239,14 @@ def main():
     return
   if args.memory is not None:
     rows = run_memory(args.memory or [8192, 16384, 32768, 65536])
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(rows, f, indent=2)
+    return
+  if args.causal_speedup:
+    print(f"ours (default path), full vs causal interleaved; batch {args.batch}, {args.heads} "
+          f"heads, head_dim {args.head_dim}, fp32; median of {args.repeats}")
+    rows = run_causal_speedup(args.lengths, args.batch, args.heads, args.head_dim, args.repeats)
     if args.out:
       with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)
