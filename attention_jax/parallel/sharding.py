@@ -43,7 +43,8 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
   """A pytree of ``NamedSharding`` matching ``state``'s array leaves."""
 
   def sharding(x):
-    return NamedSharding(mesh, param_spec(tuple(x.shape), x.dtype, mesh))
+    dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)  # Python scalars too
+    return NamedSharding(mesh, param_spec(tuple(np.shape(x)), dtype, mesh))
 
   return jax.tree.map(sharding, state)
 
