@@ -274,10 +274,11 @@ def dot_product_attention(
     implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
       where it applies, else ``"flash"`` from ``q_len * kv_len >= 1024**2`` (``256**2`` if
       causal) or where the reference's ``[L, L]`` arrays get large (over 256 MiB of logits),
-      otherwise ``"reference"``, and ``"reference"`` whenever weights or dropout are requested. ``"reference"`` materialises the weights; ``"flash"`` is
-      blockwise with an online softmax and linear memory (no dropout, no weights); ``"cudnn"`` is
-      ``jax.nn``'s fused GPU kernel (fp16/bf16, no mask/bias/lengths). All paths share this
-      signature and are tested against ``"reference"``.
+      otherwise ``"reference"``, and ``"reference"`` whenever weights or dropout are requested.
+      ``"reference"`` materialises the weights; ``"flash"`` is blockwise with an online softmax
+      and linear memory (no dropout, no weights); ``"cudnn"`` is ``jax.nn``'s fused GPU kernel
+      (fp16/bf16, no mask/bias/lengths). All paths share this signature and are tested against
+      ``"reference"``.
     block_sizes: ``(block_q, block_k)`` for ``"flash"``; default
       :func:`attention_jax.ops.blockwise.default_block_sizes`.
 
