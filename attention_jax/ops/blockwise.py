@@ -35,7 +35,8 @@ def default_block_sizes(q_len: int, kv_len: int, platform: str | None = None,
 
   On CPU the block matmuls are batched over ``batch_heads`` (batch x heads), so the blocks are
   sized to keep one step's float32 logits near 2 MiB (the L2 caches): 128 x 128 at 32 heads
-  (measured best of 64..1024 at L=1024 on a 2-core CPU), up to 512 x 1024 for a single head,
+  (the fastest forward+backward of the sizes tried from 64 to 1024 at L=1024 on a 2-core CPU;
+  forward alone within noise of the others), up to 512 x 1024 for a single head,
   where smaller blocks would pay the per-step loop overhead many times. Elsewhere 256 x 256
   (pure-JAX blocks; not tuned there). Short sequences use one block.
   """
