@@ -7,7 +7,7 @@ touching the device count of the pytest process.
       place_state, sharded_train_step, place_batch), plus ring attention forward and gradients
       on its own; writes every loss, final parameter, output and gradient to F.npz
   python _parallel_task.py train --workdir W --mesh data=4,fsdp=2 --num_steps N --params_out P
-      [--coordinator_address A --num_processes K --process_id I]
+      [--model mlp] [--coordinator_address A --num_processes K --process_id I]
       training.train() on that mesh (resumes from W), final params to P.npz (process 0)
 """
 
@@ -50,8 +50,22 @@ def make_config(**overrides):
   return config
 
 
-def make_model():
+def make_model(kind: str = "lm"):
+  """The tiny LM (``"lm"``), or (``"mlp"``) a per-token MLP over embeddings, a model that
+  compiles in a fraction of the time for the tests that only exercise the machinery."""
+  import flax.linen as nn
   from attention_jax.models import transformer as tf
+
+  if kind == "mlp":
+    class TokenMLP(nn.Module):
+
+      @nn.compact
+      def __call__(self, tokens, deterministic=True):
+        x = nn.Embed(VOCAB, 32)(tokens)
+        x = nn.Dropout(0.1)(nn.relu(nn.Dense(64)(x)), deterministic=deterministic)
+        return nn.Dense(VOCAB)(x)
+
+    return TokenMLP()
   return tf.DecoderOnlyLM(tf.TransformerConfig(
       vocab_size=VOCAB, features=32, num_heads=4, num_kv_heads=2, mlp_dim=64, num_layers=1,
       max_length=CONTEXT, positions="rotary", pre_norm=True, dropout_rate=0.1,
@@ -71,13 +85,13 @@ def make_batch(seed: int, step: int, batch_size: int = BATCH, rows: slice | None
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
 
-def build(config):
-  """``(init_state, train_step)`` of the task."""
+def build(config, kind: str = "lm"):
+  """``(init_state, train_step)`` of the task with the model of ``kind``."""
   import jax
   import jax.numpy as jnp
   from attention_jax import training
 
-  model = make_model()
+  model = make_model(kind)
 
   tx, _ = training.make_optimizer(config)
 
@@ -176,24 +190,32 @@ def run_steps(out_path: str) -> None:
   np.savez(out_path, **results)
 
 
+def train_params(workdir: str, num_steps: int, mesh: str = "", model: str = "lm"):
+  """``training.train`` of the task on the mesh ``"data=4,fsdp=2"`` (default config.mesh),
+  resuming from ``workdir``; returns ``(state, {name: params as numpy})``."""
+  import jax
+  from attention_jax import training
+
+  sizes = dict(item.split("=") for item in mesh.split(",")) if mesh else {}
+  config = make_config(num_steps=num_steps)
+  config.mesh.update({k: int(v) for k, v in sizes.items()})
+  init_state, train_step = build(config, model)
+  state = training.train(
+      config, workdir, init_state, train_step,
+      lambda step, rows=None: make_batch(config.seed, step, rows=rows),
+      progress=False, summary_writer=None)
+  return state, flat_params(jax.device_get(state.params), "")
+
+
 def run_train(args) -> None:
   from attention_jax import parallel
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   import jax
-  from attention_jax import training
 
-  mesh = dict(item.split("=") for item in args.mesh.split(",")) if args.mesh else {}
-  config = make_config(num_steps=args.num_steps)
-  config.mesh.update({k: int(v) for k, v in mesh.items()})
-  init_state, train_step = build(config)
-  state = training.train(
-      config, args.workdir, init_state, train_step,
-      lambda step, rows=None: make_batch(config.seed, step, rows=rows),
-      progress=False, summary_writer=None)
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state.params)
+  state, params = train_params(args.workdir, args.num_steps, args.mesh, args.model)
   if jax.process_index() == 0:
     np.savez(args.params_out, step=np.asarray(jax.device_get(state.step)),
-             devices=np.int32(jax.device_count()), **flat_params(params, ""))
+             devices=np.int32(jax.device_count()), **params)
   print("done", flush=True)
 
 
@@ -205,6 +227,7 @@ def main():
   parser.add_argument("--mesh", default="")
   parser.add_argument("--num_steps", type=int, default=6)
   parser.add_argument("--params_out")
+  parser.add_argument("--model", choices=("lm", "mlp"), default="lm")
   parser.add_argument("--coordinator_address")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
