@@ -189,8 +189,11 @@ TRAINING_SCHEMA: dict[str, Sequence[Check]] = {
 
 
 def _training_cross_checks(config: Mapping[str, Any]) -> None:
-  """Checks between fields of the training schema, and the optional ``mesh`` fields."""
-  mesh_lib.validate_mesh_config(config.get("mesh"))
+  """Checks between fields of the training schema, and the optional ``mesh`` fields against
+  this runtime's devices (so a bad mesh fails before an experiment prepares its data)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  mesh_lib.mesh_shape(config.get("mesh"), jax.device_count())
   if config["schedule"] == "warmup_rsqrt" and config["warmup_steps"] == 0:
     raise ValueError(
         "config.warmup_steps must be > 0 when config.schedule is 'warmup_rsqrt', got 0")

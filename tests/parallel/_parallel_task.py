@@ -17,8 +17,6 @@ import argparse
 import functools
 import os
 import sys
-import time
-START = time.perf_counter()
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
@@ -161,7 +159,6 @@ def run_steps(out_path: str) -> None:
     if name == "data4_fsdp2":
       results.update(restore_elsewhere(state, init_state,
                                        os.path.dirname(os.path.abspath(out_path))))
-    print(name, time.process_time(), flush=True)
     results.update(flat_params(state.params, f"{name}/params"))
 
   # Ring attention alone: 4 x 32 positions, 4 query heads over 2 key/value heads.
@@ -186,7 +183,6 @@ def run_steps(out_path: str) -> None:
       results[f"{tag}/out"] = np.asarray(out)
       for arg, g in zip("qkv", grads):
         results[f"{tag}/d{arg}"] = np.asarray(g)
-  print("ring", time.process_time(), flush=True)
   np.savez(out_path, **results)
 
 

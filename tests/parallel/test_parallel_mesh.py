@@ -49,6 +49,10 @@ def test_config_validation_checks_the_mesh_before_training():
   config.mesh.fsdp = 0
   with pytest.raises(ValueError, match="config.mesh.fsdp must be >= 1"):
     training.validate_config(config)
+  config.mesh.fsdp = 1
+  config.mesh.data = jax.device_count() + 1
+  with pytest.raises(ValueError, match="must equal the number of devices"):
+    training.validate_config(config)
 
 
 def test_make_mesh_on_this_process():
