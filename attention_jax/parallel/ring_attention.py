@@ -12,8 +12,8 @@ logsumexp and sends the key/value gradients around the ring with their blocks, s
 stores only its own blocks (no ``[L, L]`` array anywhere): memory per device is linear in
 ``L / n``.
 
-:func:`ring_attention` is the global view (``shard_map`` over the mesh); :func:`ring_attention_shard`
-is the per-device function for use inside an existing ``shard_map``.
+:func:`ring_attention` is the global view (``shard_map`` over the mesh);
+:func:`ring_attention_shard` is the per-device function for use inside an existing ``shard_map``.
 """
 
 from __future__ import annotations

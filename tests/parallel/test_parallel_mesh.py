@@ -89,8 +89,8 @@ def test_a_batch_that_does_not_split_names_batch_size():
 
 def test_one_device_placement_and_step_reuse_the_state_sharding():
   mesh = parallel.single_device_mesh()
-  state = training.create_train_state({"w": jnp.ones((4, 2))},
-                                      training.make_optimizer(training.default_training_config())[0])
+  tx, _ = training.make_optimizer(training.default_training_config())
+  state = training.create_train_state({"w": jnp.ones((4, 2))}, tx)
   placed = parallel.place_state(state, mesh)
   assert placed.params["w"].sharding.mesh.shape == mesh.shape
   batch = parallel.place_batch({"x": np.ones((3, 4), np.float32)}, mesh)
