@@ -76,6 +76,13 @@ def test_initial_state_comes_from_the_mean_feature():
   expected = np.tanh(mean @ params["init_h"]["kernel"] + params["init_h"]["bias"])
   np.testing.assert_allclose(h0, expected, rtol=1e-5, atol=1e-6)
   assert c0.shape == h0.shape == (3, 16)
+  # init_dropout_rate: dropout on the mean feature in training only
+  dropped = captioning.Captioner(**SMALL, init_dropout_rate=0.5)
+  _, h0_eval = dropped.apply(variables, memory, method=captioning.Captioner.initial_state)
+  np.testing.assert_allclose(h0_eval, h0, rtol=1e-6)
+  _, h0_train = dropped.apply(variables, memory, False, method=captioning.Captioner.initial_state,
+                              rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(h0_train, h0)
 
 
 def test_coordinate_channels_make_features_position_aware():
