@@ -6,7 +6,8 @@ gating scalar and the doubly stochastic regulariser), decodes the test split and
 
   checkpoints/, metrics.jsonl   the run (resumed automatically)
   eval.json                     BLEU-1..4, exact-caption accuracy, attention localisation against
-                                the uniform-map baseline, wall time
+                                the uniform-map baseline, wall time; ``test`` decoded with
+                                ``eval.beam_size`` and, when that is > 1, ``test_greedy``
   attention_<i>.png             the image, then each generated word's attention over it
   captions.png                  a grid of test images with their generated captions
 
