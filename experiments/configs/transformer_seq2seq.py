@@ -46,7 +46,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.num_heads = 4
   config.model.mlp_dim = 256
   config.model.num_layers = 2  # encoder layers; the decoder has as many
-  config.model.positions = "sinusoidal"  # or "learned", "rotary"
+  # Rotary: relative positions carry over to inputs longer than any in training (97.85% exact on
+  # test_long against 43.55% with "sinusoidal" absolute positions; README). Or "learned".
+  config.model.positions = "rotary"
   config.model.pre_norm = False  # post-norm, as in the lecture and Vaswani et al.
   config.model.dropout_rate = 0.0
   config.model.dtype = "float32"  # or "bfloat16" (GPU/TPU)
