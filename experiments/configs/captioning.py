@@ -31,11 +31,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.embed_dim = 32
   config.model.hidden_dim = 128
   config.model.attention_dim = 64
-  # 48x48 images -> a 12x12 grid; the 4th convolution widens a cell's receptive field from 9 to
-  # 17 pixels, so the cells inside an object see its outline (size, shape), not a flat patch
-  # (measured at 600 steps: 0.40 -> 0.50 of the mass in the box).
-  config.model.channels = (32, 64, 64, 64)
-  config.model.strides = (1, 2, 2, 1)
+  # 48x48 images -> a 12x12 grid; the 4th and 5th convolutions widen a cell's receptive field
+  # from 9 to 25 pixels, so the cells inside an object see its outline (size, shape), not a flat
+  # patch (measured, mass in the box: 3 convs 0.489; 4 convs 0.506 and 0.395 for seeds 0 and 1;
+  # 5 convs 0.507 and 0.521).
+  config.model.channels = (32, 64, 64, 64, 64)
+  config.model.strides = (1, 2, 2, 1, 1)
   config.model.gate = True
   config.model.coordinates = False  # CoordConv (y, x) input channels
   # LayerNorm on the grid's content features: unnormalised they grow to norm ~25 and drown the
