@@ -96,24 +96,26 @@ def make_model(config, attention: str, source_tok, target_tok) -> seq2seq.Seq2Se
       dropout_rate=config.model.dropout_rate)
 
 
-def train_model(config, workdir: str, model: seq2seq.Seq2Seq, train_batches, val_batches):
-  """Trains (or resumes) one model in ``workdir``; returns the final train state."""
-  example = train_batches[0]
-  params = model.init(jax.random.key(config.seed), example["inputs"], example["input_lengths"],
-                      example["decoder_inputs"])["params"]
+def train_teacher_forced(config, workdir: str, model, params, logits_fn, train_batches,
+                         val_batches):
+  """Trains (or resumes) a sequence-to-sequence ``model`` with teacher forcing in ``workdir``;
+  returns the final train state. Shared with experiments/transformer_seq2seq.py.
+
+  Args:
+    params: the initial parameters.
+    logits_fn: ``(params, batch, rng) -> logits [B, T, vocab]``; ``rng=None`` is evaluation
+      (deterministic), a key turns dropout on.
+  """
   tx, schedule = training.make_optimizer(config)
 
   def loss_fn(params, batch, rng):
-    logits, _ = model.apply({"params": params}, batch["inputs"], batch["input_lengths"],
-                            batch["decoder_inputs"], deterministic=False,
-                            rngs={"dropout": rng})
-    sums = training.classification_sums(logits, batch["targets"], batch["target_mask"])
+    sums = training.classification_sums(logits_fn(params, batch, rng), batch["targets"],
+                                        batch["target_mask"])
     return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
 
   def metrics_fn(params, batch):
-    logits, _ = model.apply({"params": params}, batch["inputs"], batch["input_lengths"],
-                            batch["decoder_inputs"])
-    return training.classification_sums(logits, batch["targets"], batch["target_mask"])
+    return training.classification_sums(logits_fn(params, batch, None), batch["targets"],
+                                        batch["target_mask"])
 
   eval_step = training.make_eval_step(metrics_fn)
   return training.train(
@@ -123,6 +125,22 @@ def train_model(config, workdir: str, model: seq2seq.Seq2Seq, train_batches, val
       training.make_train_step(loss_fn), train_batches.__getitem__,
       eval_fn=lambda state: training.evaluate(eval_step, state, val_batches),
       learning_rate_fn=schedule)
+
+
+def train_model(config, workdir: str, model: seq2seq.Seq2Seq, train_batches, val_batches):
+  """Trains (or resumes) one RNN model in ``workdir``; returns the final train state."""
+  example = train_batches[0]
+  params = model.init(jax.random.key(config.seed), example["inputs"], example["input_lengths"],
+                      example["decoder_inputs"])["params"]
+
+  def logits_fn(params, batch, rng):
+    logits, _ = model.apply({"params": params}, batch["inputs"], batch["input_lengths"],
+                            batch["decoder_inputs"], deterministic=rng is None,
+                            rngs=None if rng is None else {"dropout": rng})
+    return logits
+
+  return train_teacher_forced(config, workdir, model, params, logits_fn, train_batches,
+                              val_batches)
 
 
 def make_decoder(model: seq2seq.Seq2Seq, beam_size: int, max_len: int):

@@ -113,27 +113,14 @@ def train_transformer(config, workdir: str, model: tf.EncoderDecoder, train_batc
   example = train_batches[0]
   params = model.init(jax.random.key(config.seed), example["inputs"], example["decoder_inputs"],
                       example["input_lengths"])["params"]
-  tx, schedule = training.make_optimizer(config)
 
-  def loss_fn(params, batch, rng):
-    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
-                         batch["input_lengths"], deterministic=False, rngs={"dropout": rng})
-    sums = training.classification_sums(logits, batch["targets"], batch["target_mask"])
-    return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
+  def logits_fn(params, batch, rng):
+    return model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
+                       batch["input_lengths"], deterministic=rng is None,
+                       rngs=None if rng is None else {"dropout": rng})
 
-  def metrics_fn(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
-                         batch["input_lengths"])
-    return training.classification_sums(logits, batch["targets"], batch["target_mask"])
-
-  eval_step = training.make_eval_step(metrics_fn)
-  return training.train(
-      config, workdir,
-      lambda: training.create_train_state(params, tx, seed=config.seed + 1,
-                                          apply_fn=model.apply),
-      training.make_train_step(loss_fn), train_batches.__getitem__,
-      eval_fn=lambda state: training.evaluate(eval_step, state, val_batches),
-      learning_rate_fn=schedule)
+  return seq2seq.train_teacher_forced(config, workdir, model, params, logits_fn, train_batches,
+                                      val_batches)
 
 
 def make_decoder(model: tf.EncoderDecoder, beam_size: int, max_len: int,

@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from attention_jax.data import shapes_captions
+from attention_jax.data.tokenizers import BOS_ID, EOS_ID, UNK_ID
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -41,14 +42,12 @@ def caption_words(text: str | bytes) -> list[str]:
   return _WORD.findall(text.lower())
 
 
-class CaptionVocabulary:
+class CaptionVocabulary(shapes_captions.WordTokenizer):
   """Word ids: 0-3 reserved (pad, bos, eos, unk), then ``words`` in the given order.
 
-  The same interface as ``shapes_captions.WordTokenizer`` (``encode``, ``tokens``,
-  ``vocab_size``), for a vocabulary built from data.
+  ``shapes_captions.WordTokenizer`` (``tokens``, ``decode``, ``vocab_size``) for a vocabulary
+  built from data; captions are split into lower-case words by :func:`caption_words`.
   """
-
-  pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
 
   def __init__(self, words: Sequence[str]):
     self.words = ("<pad>", "<bos>", "<eos>", "<unk>", *words)
@@ -72,17 +71,6 @@ class CaptionVocabulary:
   def encode(self, text: str | bytes, add_bos: bool = False, add_eos: bool = False) -> list[int]:
     ids = [self._ids.get(w, UNK_ID) for w in caption_words(text)]
     return [BOS_ID] * add_bos + ids + [EOS_ID] * add_eos
-
-  def tokens(self, ids) -> list[str]:
-    """The words of ``ids`` up to (excluding) EOS, skipping PAD and BOS."""
-    out = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i not in (PAD_ID, BOS_ID):
-        out.append(self.words[i] if 0 <= i < self.vocab_size else "<unk>")
-    return out
 
 
 def load_catalog_captions(name: str, split: str, data_dir: str | os.PathLike | None = None):
