@@ -88,6 +88,19 @@ def load_tokenizers(workdir: str, train_source) -> tuple[data.CharTokenizer, dat
   return tokenizers
 
 
+def make_batches(config, sources, source_tok, target_tok):
+  """``(train_batches, val_batches)``: the training pipeline (``batches[step]``) and the
+  validation batches, shaped by ``config.data`` and the batch sizes of ``config``."""
+  lengths = dict(max_input_len=config.data.max_input_len,
+                 max_target_len=config.data.max_target_len, target_tokenizer=target_tok)
+  train_batches = data.make_train_batches(sources["train"], source_tok,
+                                          batch_size=config.batch_size, seed=config.seed,
+                                          **lengths)
+  val_batches = data.eval_batches(sources["validation"], source_tok,
+                                  batch_size=config.eval.batch_size, **lengths)
+  return train_batches, val_batches
+
+
 def make_model(config, attention: str, source_tok, target_tok) -> seq2seq.Seq2Seq:
   return seq2seq.Seq2Seq(
       source_vocab_size=source_tok.vocab_size, target_vocab_size=target_tok.vocab_size,
@@ -221,13 +234,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   sources = data.load_dates(split=None, data_dir=config.data.data_dir,
                             config=config.data.dataset_config)
   source_tok, target_tok = load_tokenizers(workdir, sources["train"])
-  lengths = dict(max_input_len=config.data.max_input_len,
-                 max_target_len=config.data.max_target_len, target_tokenizer=target_tok)
-  train_batches = data.make_train_batches(sources["train"], source_tok,
-                                          batch_size=config.batch_size, seed=config.seed,
-                                          **lengths)
-  val_batches = data.eval_batches(sources["validation"], source_tok,
-                                  batch_size=config.eval.batch_size, **lengths)
+  train_batches, val_batches = make_batches(config, sources, source_tok, target_tok)
 
   results: dict[str, Any] = {"config": training.config_to_dict(config), "models": {}}
   for attention in config.attentions:

@@ -216,13 +216,7 @@ def training_time(model_dir: str) -> dict[str, float]:
 
 def run_transformer(config, workdir: str, sources) -> dict[str, Any]:
   tokenizer = load_tokenizer(workdir, sources["train"])
-  lengths = dict(max_input_len=config.data.max_input_len,
-                 max_target_len=config.data.max_target_len, target_tokenizer=tokenizer)
-  train_batches = data.make_train_batches(sources["train"], tokenizer,
-                                          batch_size=config.batch_size, seed=config.seed,
-                                          **lengths)
-  val_batches = data.eval_batches(sources["validation"], tokenizer,
-                                  batch_size=config.eval.batch_size, **lengths)
+  train_batches, val_batches = seq2seq.make_batches(config, sources, tokenizer, tokenizer)
   model = make_model(config, tokenizer.vocab_size)
   model_dir = os.path.join(workdir, "transformer")
   start = time.perf_counter()
@@ -245,12 +239,7 @@ def run_transformer(config, workdir: str, sources) -> dict[str, Any]:
 def run_rnn(config, workdir: str, sources) -> dict[str, Any]:
   rnn = rnn_config(config)
   source_tok, target_tok = seq2seq.load_tokenizers(workdir, sources["train"])
-  lengths = dict(max_input_len=rnn.data.max_input_len, max_target_len=rnn.data.max_target_len,
-                 target_tokenizer=target_tok)
-  train_batches = data.make_train_batches(sources["train"], source_tok,
-                                          batch_size=rnn.batch_size, seed=rnn.seed, **lengths)
-  val_batches = data.eval_batches(sources["validation"], source_tok,
-                                  batch_size=rnn.eval.batch_size, **lengths)
+  train_batches, val_batches = seq2seq.make_batches(rnn, sources, source_tok, target_tok)
   model = seq2seq.make_model(rnn, "additive", source_tok, target_tok)
   start = time.perf_counter()
   model_dir = os.path.join(workdir, "rnn_additive")
