@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from attention_jax import layers  # noqa: E402
 from attention_jax import training  # noqa: E402
+from attention_jax.plotting.figures import save_figure  # noqa: E402
 from attention_jax.data import shape_pairs  # noqa: E402
 from experiments import common
 
@@ -229,11 +230,7 @@ def plot_attention_maps(images, weights, queries, path: str) -> str:
   for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def run(config, workdir: str) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from attention_jax.plotting.figures import save_figure  # noqa: E402
 
 LENGTH_BUCKET = 5  # characters per bucket of the accuracy-by-length curve
 
@@ -101,8 +102,4 @@ def plot_accuracy_vs_length(models: Mapping[str, Any], path: str,
   ax.grid(alpha=0.3)
   ax.legend(loc="lower left", fontsize=8)
   ax.set_title("Accuracy against input length (cf. Bahdanau et al. 2015, Fig. 2)", fontsize=9)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)

@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attention_jax import training  # noqa: E402
+from attention_jax.plotting.figures import save_figure  # noqa: E402
 from attention_jax.data import distance_task  # noqa: E402
 from attention_jax.models import sequence_models  # noqa: E402
 from experiments import common
@@ -212,7 +213,7 @@ def plot_accuracy(models: dict[str, Any], threshold: float, chance: float, path:
   ax.set_ylim(0.0, 1.02)
   ax.set_title("Same training budget: accuracy against dependency length")
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_speed_memory(models: dict[str, Any], path: str) -> str:
@@ -235,14 +236,7 @@ def plot_speed_memory(models: dict[str, Any], path: str) -> str:
     ax.set_xlabel("sequence length")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-  return _save(fig, path)
-
-
-def _save(fig, path: str) -> str:
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def run(config, workdir: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Figures: attention heatmaps, image overlays and curves, written as PNG."""
 
+from attention_jax.plotting.figures import save_figure
 from attention_jax.plotting.heatmaps import plot_attention
 from attention_jax.plotting.heatmaps import plot_attention_grid
 from attention_jax.plotting.overlays import plot_attention_overlay
@@ -7,4 +8,5 @@ from attention_jax.plotting.overlays import plot_caption_grid
 
 __all__ = [
     "plot_attention", "plot_attention_grid", "plot_attention_overlay", "plot_caption_grid",
+    "save_figure",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: experiments run on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from attention_jax.plotting.figures import save_figure  # noqa: E402
 
 
 def _draw(ax, weights, x_labels, y_labels, title, x_title, y_title):
@@ -37,7 +38,7 @@ def plot_attention(weights, path: str, *, x_labels: Sequence[str] | None = None,
   fig, ax = plt.subplots(figsize=size)
   image = _draw(ax, weights, x_labels, y_labels, title, x_title, y_title)
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_attention_grid(weights, path: str, *, x_labels: Sequence[str] | None = None,
@@ -60,12 +61,4 @@ def plot_attention_grid(weights, path: str, *, x_labels: Sequence[str] | None = 
     _draw(ax, weights[i], x_labels, y_labels, title, "keys", "queries")
   if suptitle:
     fig.suptitle(suptitle)
-  return _save(fig, path)
-
-
-def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from attention_jax.plotting.figures import save_figure  # noqa: E402
 
 
 def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,11 +59,7 @@ def plot_attention_overlay(image, attentions, words: Sequence[str], path: str, *
     ax.set_title(word, fontsize=8)
   if title:
     fig.suptitle(title, fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path, dpi=100)
 
 
 def plot_caption_grid(images, captions: Sequence[str], path: str, *, cols: int = 4) -> str:
@@ -79,8 +76,4 @@ def plot_caption_grid(images, captions: Sequence[str], path: str, *, cols: int =
     ax.imshow(image)
     words = text.split(" left of ")
     ax.set_title("\nleft of ".join(words), fontsize=7)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path, dpi=100)
