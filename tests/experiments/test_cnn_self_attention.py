@@ -62,11 +62,7 @@ def test_tiny_run_writes_eval_json_and_attention_maps(tmp_path):
 ])
 def test_bad_config_fields_are_named(field, value, match):
   config = configs.get_config("tiny")
-  node = config
-  *parents, leaf = field.split(".")
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=match):
     cnn_self_attention.validate(config)
 

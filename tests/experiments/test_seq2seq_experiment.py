@@ -65,11 +65,7 @@ def test_score_exact_and_per_character_accuracy():
 ])
 def test_bad_config_fields_are_named(field, value, match):
   config = seq2seq_configs.get_config("tiny")
-  node = config
-  *parents, leaf = field.split(".")
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=match):
     seq2seq.validate(config)
 

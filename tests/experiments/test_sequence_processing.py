@@ -129,11 +129,7 @@ def test_tiny_run_learns_and_writes_results(tmp_path):
 ])
 def test_bad_config_fields_are_named(field, value, match):
   config = configs.get_config("tiny")
-  node = config
-  *parents, leaf = field.split(".")
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=match):
     sequence_processing.validate(config)
 

@@ -82,11 +82,7 @@ def test_cross_attention_rows_are_distributions_over_the_source(tmp_path):
 ])
 def test_bad_config_fields_are_named(tmp_path, field, value, match):
   config = tiny_config(tmp_path)
-  node = config
-  *parents, leaf = field.split(".")
-  for part in parents:
-    node = node[part]
-  node[leaf] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=match):
     transformer_seq2seq.validate(config)
 
