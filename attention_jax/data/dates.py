@@ -93,6 +93,7 @@ import unicodedata
 from typing import Iterator, Mapping
 
 import babel
+import babel.core
 import numpy as np
 import tensorflow_datasets as tfds
 from babel import Locale
@@ -100,6 +101,7 @@ from babel import dates as babel_dates
 from etils import epath
 
 from attention_jax.data import date_readings
+from attention_jax.data import stamped
 
 # --------------------------------------------------------------------------------------------
 # Locales, styles and their validation.
@@ -513,16 +515,18 @@ class DatesConfig(tfds.core.BuilderConfig):
     }
 
 
-class DatesTranslation(tfds.core.GeneratorBasedBuilder):
+class DatesTranslation(stamped.StampedBuilder):
   """Dates and times in many languages and CLDR styles -> ISO 8601 (see the module docstring)."""
 
   name = "dates_translation"
   # Prepared data is cached per version: bump it whenever the generation changes.
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "First release: 37 locales, Babel/CLDR patterns, 1950-2049.",
       "1.1.0": "Drops sources that another locale's numeric format reads differently (~2.6%); "
       "minute-granularity sources are rendered with zero seconds.",
+      "1.2.0": "Same examples; records the Babel/CLDR and NumPy versions that generated them "
+      "and a content fingerprint, and refuses to be read under other versions.",
   }
   BUILDER_CONFIGS = [
       DatesConfig(name="default", description="50,000 train, 2,000 validation/test/test_long."),
@@ -564,22 +568,19 @@ class DatesTranslation(tfds.core.GeneratorBasedBuilder):
         ),
         supervised_keys=("source", "target"),
         homepage="https://cldr.unicode.org/",
+        metadata=tfds.core.MetadataDict(),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the CLDR data ships with Babel.
-    return {
-        split: self._generate_examples(split=split, num_examples=n)
-        for split, n in self.builder_config.split_sizes().items()
-    }
+  def generated_with(self) -> dict[str, str]:
+    # The CLDR data that ships with Babel writes the sources; NumPy draws values and formats.
+    return {"babel": babel.__version__, "cldr": str(babel.core.get_cldr_version()),
+            "numpy": np.__version__}
 
-  def _generate_examples(self, split: str, num_examples: int):
+  def _generate_split(self, split: str, num_examples: int):
     config = self.builder_config
-    examples = generate_split(
+    return generate_split(
         split, num_examples, max_source_len=config.max_source_len, seed=config.seed
     )
-    for index, example in enumerate(examples):
-      yield index, example
 
 
 def dates_builder(

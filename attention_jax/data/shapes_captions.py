@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from attention_jax.data import stamped
 from attention_jax.data.tokenizers import BOS_ID, EOS_ID, NUM_RESERVED, PAD_ID, UNK_ID
 
 IMAGE_SIZE = 48
@@ -242,12 +243,16 @@ class ShapesCaptionsConfig(tfds.core.BuilderConfig):
     return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
 
 
-class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
+class ShapesCaptions(stamped.StampedBuilder):
   """Images of 1-4 coloured shapes with captions and object boxes (module docstring)."""
 
   name = "shapes_captions"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: 48x48 RGB, 1-4 objects, 24 object kinds."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release: 48x48 RGB, 1-4 objects, 24 object kinds.",
+      "1.1.0": "Same examples; records the NumPy version that drew them and a content "
+      "fingerprint, and refuses to be read under another NumPy.",
+  }
   BUILDER_CONFIGS = [
       ShapesCaptionsConfig(name="default", description="20,000 train, 500 validation, 1,000 test."),
       ShapesCaptionsConfig(name="small", description="1,000 train, 100 validation/test (tests).",
@@ -274,16 +279,11 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
             "objects": tfds.features.Tensor(shape=(MAX_OBJECTS, 3), dtype=np.int32),
             "boxes": tfds.features.Tensor(shape=(MAX_OBJECTS, 4), dtype=np.int32),
         }),
+        metadata=tfds.core.MetadataDict(),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # generated, nothing to download
-    return {split: self._generate_examples(split=split, num_examples=n)
-            for split, n in self.builder_config.split_sizes().items()}
-
-  def _generate_examples(self, split: str, num_examples: int):
-    for index, record in enumerate(generate_split(split, num_examples, self.builder_config.seed)):
-      yield index, record
+  def _generate_split(self, split: str, num_examples: int):
+    return generate_split(split, num_examples, self.builder_config.seed)
 
 
 def shapes_captions_builder(data_dir: str | os.PathLike | None = None,
