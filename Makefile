@@ -8,7 +8,7 @@ LOCK := requirements/lock.txt
 UV := uv==0.13.9
 PYTEST := -m pytest -q -n 2 --dist loadfile --durations=15
 
-.PHONY: install demo demo-full reverse-demo test test-all test-latest lock bench clean
+.PHONY: install demo demo-full reverse-demo test test-all test-latest lock reproduce bench clean
 
 # A new lock rebuilds the venv from scratch, so nothing the old lock installed stays behind.
 $(STAMP): $(LOCK) setup.cfg pyproject.toml
@@ -59,6 +59,11 @@ lock:
 	.venv-lock/bin/uv pip compile setup.cfg requirements/build.in --extra test --universal \
 	  --python-version 3.11 --fork-strategy fewest -c requirements/constraints.txt \
 	  --generate-hashes --custom-compile-command "make lock" -o $(LOCK)
+
+# Long (about 1-2 hours on 2 cores), not in CI: re-runs every experiment whose table is in the
+# README with its documented config and writes docs/reproduce.md, each figure beside the README's.
+reproduce: $(STAMP)
+	$(PY) -m experiments.reproduce --workdir=runs/reproduce --report=docs/reproduce.md
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]" || echo "PyTorch not installed: its column stays empty"
