@@ -13,6 +13,7 @@ from attention_jax.models.seq2seq import Seq2Seq
 from attention_jax.models.seq2seq import Seq2SeqMemory
 from attention_jax.models.seq2seq import decoding_fns
 from attention_jax.models.transformer import BertEncoder
+from attention_jax.models.transformer import BertForMaskedLM
 from attention_jax.models.transformer import Decoder
 from attention_jax.models.transformer import DecoderOnlyLM
 from attention_jax.models.transformer import Encoder
@@ -25,6 +26,7 @@ from attention_jax.models.transformer import lm_decoding_fns
 __all__ = [
     "ATTENTION_TYPES",
     "BertEncoder",
+    "BertForMaskedLM",
     "BidirectionalEncoder",
     "CaptionMemory",
     "Captioner",

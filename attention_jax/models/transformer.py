@@ -266,15 +266,45 @@ class Pooler(nn.Module):
 
 class BertEncoder(nn.Module):
   """:class:`Encoder` + :class:`Pooler`: returns ``(sequence [batch..., length, features],
-  pooled [batch..., features])``; use with :func:`presets.bert_base` and friends."""
+  pooled [batch..., features])`` (``pooled`` is None without ``add_pooler``, as in HF's
+  ``BertModel(add_pooling_layer=False)``); use with :func:`presets.bert_base` and friends."""
 
   config: TransformerConfig
+  add_pooler: bool = True
 
   @nn.compact
   def __call__(self, tokens, lengths=None, *, token_types=None, deterministic: bool = True):
     x = Encoder(self.config, name="encoder")(
         tokens, lengths, token_types=token_types, deterministic=deterministic)
-    return x, Pooler(self.config, name="pooler")(x)
+    return x, Pooler(self.config, name="pooler")(x) if self.add_pooler else None
+
+
+class BertForMaskedLM(nn.Module):
+  """BERT with its masked-LM head (HF's ``BertForMaskedLM``): ``tokens [batch..., length]`` ->
+  float32 logits ``[batch..., length, vocab]``.
+
+  The head: ``Dense(features)``, the activation, LayerNorm, then the transposed token embedding
+  (tied) plus a bias per token. Parameters: ``embedder``, ``encoder/layer_{i}``,
+  ``head_transform``, ``head_norm``, ``head_bias [vocab]``.
+  """
+
+  config: TransformerConfig
+
+  def setup(self):
+    c = self.config
+    self.embedder = Embedder(c)
+    self.encoder = Encoder(c, embedder=self.embedder)
+    self.head_transform = nn.Dense(c.features, dtype=c.dtype, param_dtype=c.param_dtype)
+    self.head_norm = nn.LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.dtype,
+                                  param_dtype=c.param_dtype)
+    self.head_bias = self.param("head_bias", nn.initializers.zeros, (c.vocab_size,),
+                                c.param_dtype)
+
+  def __call__(self, tokens, lengths=None, *, token_types=None,
+               deterministic: bool = True) -> Array:
+    x = self.encoder(tokens, lengths, token_types=token_types, deterministic=deterministic)
+    x = self.head_norm(ACTIVATIONS[self.config.activation](self.head_transform(x)))
+    return self.embedder.attend(x) + self.head_bias.astype(jnp.float32)
 
 
 class Decoder(nn.Module):

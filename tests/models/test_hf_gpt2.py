@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention_jax.models import gpt2_import
+from attention_jax.models import hf_gpt2
 from attention_jax.models import transformer as tf
 
 VOCAB, D, HEADS, LAYERS, CTX = 11, 8, 2, 2, 16
@@ -67,12 +67,12 @@ def _numpy_gpt2(sd, tokens):
 
 
 def _model_and_params(sd):
-  config = gpt2_import.gpt2_config(sd, num_heads=HEADS, dropout_rate=0.0)
-  return tf.DecoderOnlyLM(config), gpt2_import.import_gpt2(sd, config)
+  config = hf_gpt2.gpt2_config(sd, num_heads=HEADS, dropout_rate=0.0)
+  return tf.DecoderOnlyLM(config), hf_gpt2.import_gpt2(sd, config)
 
 
 def test_config_is_inferred_from_the_shapes():
-  config = gpt2_import.gpt2_config(_state_dict(), num_heads=HEADS)
+  config = hf_gpt2.gpt2_config(_state_dict(), num_heads=HEADS)
   assert (config.vocab_size, config.features, config.num_layers, config.max_length,
           config.mlp_dim) == (VOCAB, D, LAYERS, CTX, 4 * D)
   assert config.pre_norm and config.positions == "learned" and config.tie_embeddings
@@ -119,22 +119,22 @@ def test_prefix_is_optional():
 
 def test_missing_unknown_and_misshaped_names_raise():
   sd = _state_dict()
-  config = gpt2_import.gpt2_config(sd, num_heads=HEADS)
+  config = hf_gpt2.gpt2_config(sd, num_heads=HEADS)
   broken = dict(sd)
   del broken["transformer.h.1.mlp.c_fc.bias"]
   with pytest.raises(ValueError, match=r"missing \['h.1.mlp.c_fc.bias'\]"):
-    gpt2_import.import_gpt2(broken, config)
+    hf_gpt2.import_gpt2(broken, config)
   extra = dict(sd, **{"transformer.h.0.attn.rotary": np.zeros(3)})
   with pytest.raises(ValueError, match=r"unknown \['h.0.attn.rotary'\]"):
-    gpt2_import.import_gpt2(extra, config)
+    hf_gpt2.import_gpt2(extra, config)
   wrong = dict(sd, **{"transformer.h.0.attn.c_proj.weight": np.zeros((D, D + 1))})
   with pytest.raises(ValueError, match=r"h.0.attn.c_proj.weight has shape \(8, 9\)"):
-    gpt2_import.import_gpt2(wrong, config)
+    hf_gpt2.import_gpt2(wrong, config)
   untied = dict(sd, **{"lm_head.weight": np.zeros((VOCAB, D))})
   with pytest.raises(ValueError, match="lm_head.weight differs"):
-    gpt2_import.import_gpt2(untied, config)
+    hf_gpt2.import_gpt2(untied, config)
   with pytest.raises(ValueError, match="pass num_heads"):
-    gpt2_import.gpt2_config(sd)
+    hf_gpt2.gpt2_config(sd)
   with pytest.raises(ValueError, match="positions"):
-    gpt2_import.import_gpt2(sd, tf.TransformerConfig(vocab_size=VOCAB, features=D,
+    hf_gpt2.import_gpt2(sd, tf.TransformerConfig(vocab_size=VOCAB, features=D,
                                                      num_heads=HEADS))
