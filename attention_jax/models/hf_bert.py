@@ -1,8 +1,8 @@
 """Hugging Face BERT weights into :class:`BertEncoder` / :class:`BertForMaskedLM`, and back out.
 
 ``import_bert`` reads the layouts of HF's ``BertModel`` (no prefix, pooler optional) and of
-``BertForMaskedLM`` / ``BertForPreTraining`` (``bert.`` prefix, the masked-LM head ``cls.predictions``;
-the next-sentence head ``cls.seq_relationship`` of pre-training checkpoints is not modelled and is
+``BertForMaskedLM`` / ``BertForPreTraining`` (``bert.`` prefix, the masked-LM head
+``cls.predictions``; the next-sentence head ``cls.seq_relationship`` of pre-training checkpoints is not modelled and is
 skipped) as a mapping of arrays of any float dtype, a ``.safetensors`` file or a
 ``save_pretrained`` folder. Nothing is downloaded here. Names (torch ``Linear``: ``y = x @ W.T +
 b``)::
@@ -39,29 +39,20 @@ _IGNORED = re.compile(r"embeddings\.(position_ids|token_type_ids)$|cls\.seq_rela
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
                 "relu": "relu"}
 _HEAD = "cls.predictions."
+_TF_NAMES = ((r"LayerNorm\.gamma$", "LayerNorm.weight"),
+             (r"LayerNorm\.beta$", "LayerNorm.bias"))
 
 
 def _strip(state_dict) -> dict[str, np.ndarray]:
-  """Drops the ``bert.`` prefix and the buffers; TF-era ``gamma``/``beta`` become
-  ``weight``/``bias``."""
-  out = {}
-  for name, value in hf.load_state_dict(state_dict).items():
-    short = name[len("bert."):] if name.startswith("bert.") else name
-    short = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", short)
-    short = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", short)
-    if _IGNORED.fullmatch(short):
-      continue
-    if short in out:
-      raise ValueError(f"state dict holds {short!r} twice (with and without 'bert.')")
-    out[short] = value
-  return out
+  return hf.strip_names(state_dict, "bert.", _IGNORED, _TF_NAMES)
 
 
 def bert_config(state_dict, num_heads: int | None = None, hf_config=None,
                 **overrides) -> tf.TransformerConfig:
   """The :func:`presets.bert` config whose shapes match ``state_dict`` (arguments as
   :func:`attention_jax.models.hf_gpt2.gpt2_config`)."""
-  return _config(_strip(state_dict), num_heads, hf.read_hf_config(hf_config, state_dict), overrides)
+  hf_cfg = hf.read_hf_config(hf_config, state_dict)
+  return _config(_strip(state_dict), num_heads, hf_cfg, overrides)
 
 
 def _config(weights, num_heads, hf_cfg, overrides) -> tf.TransformerConfig:
@@ -92,7 +83,8 @@ def _config(weights, num_heads, hf_cfg, overrides) -> tf.TransformerConfig:
     raise ValueError(f"hf_config['hidden_act'] = {activation!r}; supported: "
                      f"{sorted(_ACTIVATIONS)}")
   from_hf = {"activation": _ACTIVATIONS[activation]}
-  for key, field in (("layer_norm_eps", "layer_norm_epsilon"), ("hidden_dropout_prob", "dropout_rate"),
+  for key, field in (("layer_norm_eps", "layer_norm_epsilon"),
+                     ("hidden_dropout_prob", "dropout_rate"),
                      ("attention_probs_dropout_prob", "attention_dropout_rate")):
     if key in hf_cfg:
       from_hf[field] = float(hf_cfg[key])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -45,6 +46,24 @@ def load_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
   # The flax loader reads bfloat16, which safetensors' NumPy loader rejects.
   from safetensors import flax as safetensors_flax  # pylint: disable=import-outside-toplevel
   return {name: np.asarray(value) for name, value in safetensors_flax.load_file(path).items()}
+
+
+def strip_names(state_dict, prefix: str, ignored: re.Pattern,
+                renames: tuple[tuple[str, str], ...] = ()) -> dict[str, np.ndarray]:
+  """The state dict's arrays by name without the optional ``prefix``, with the ``renames``
+  (regex, replacement) applied and the names ``ignored`` matches (buffers, unmodelled heads)
+  dropped."""
+  out = {}
+  for name, value in load_state_dict(state_dict).items():
+    short = name.removeprefix(prefix)
+    for pattern, replacement in renames:
+      short = re.sub(pattern, replacement, short)
+    if ignored.fullmatch(short):
+      continue
+    if short in out:
+      raise ValueError(f"state dict holds {short!r} twice (with and without {prefix!r})")
+    out[short] = value
+  return out
 
 
 def read_hf_config(hf_config: Mapping[str, Any] | str | os.PathLike | None,

@@ -34,7 +34,7 @@ from attention_jax.models import hf_checkpoints as hf
 from attention_jax.models import presets
 from attention_jax.models import transformer as tf
 
-_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
+_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 # HF's activation_function -> ours.
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
                 "relu": "relu"}
@@ -45,16 +45,7 @@ StateDict = Mapping[str, Any]
 
 
 def _strip(state_dict) -> dict[str, np.ndarray]:
-  """Drops the ``transformer.`` prefix and the mask buffers."""
-  out = {}
-  for name, value in hf.load_state_dict(state_dict).items():
-    short = name[len("transformer."):] if name.startswith("transformer.") else name
-    if _BUFFERS.fullmatch(short):
-      continue
-    if short in out:
-      raise ValueError(f"state dict holds {short!r} twice (with and without 'transformer.')")
-    out[short] = value
-  return out
+  return hf.strip_names(state_dict, "transformer.", _BUFFERS)
 
 
 def gpt2_config(state_dict, num_heads: int | None = None, hf_config=None,
@@ -69,7 +60,8 @@ def gpt2_config(state_dict, num_heads: int | None = None, hf_config=None,
       show: heads, activation, epsilon, dropout.
     **overrides: other config fields (e.g. ``dropout_rate=0.0``, ``dtype``).
   """
-  return _config(_strip(state_dict), num_heads, hf.read_hf_config(hf_config, state_dict), overrides)
+  hf_cfg = hf.read_hf_config(hf_config, state_dict)
+  return _config(_strip(state_dict), num_heads, hf_cfg, overrides)
 
 
 def _config(weights, num_heads, hf_cfg, overrides) -> tf.TransformerConfig:
