@@ -1,4 +1,4 @@
-r"""Re-runs every experiment whose results table is in README.md and puts each figure beside it.
+r"""Re-runs every experiment whose results tables are in its README and puts each figure beside it.
 
   python -m experiments.reproduce --workdir=runs/reproduce --report=docs/reproduce.md
 
@@ -45,7 +45,11 @@ import time
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(REPO_ROOT, "README.md")
+
+
+def readme_of(experiment: str) -> str:
+  """The README that holds an experiment's results tables."""
+  return os.path.join(REPO_ROOT, "experiments", experiment, "README.md")
 
 
 @dataclasses.dataclass(frozen=True)

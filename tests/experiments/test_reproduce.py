@@ -1,4 +1,5 @@
-"""experiments/reproduce.py: the comparison, its table against README.md, a tiny run end to end."""
+"""experiments/reproduce.py: the comparison, its table against the experiments' READMEs, a tiny
+run end to end."""
 
 import json
 import os
@@ -11,17 +12,10 @@ from experiments import reproduce
 RUNS = {run.name: run for run in reproduce.RUNS}
 
 
-def _readme() -> str:
-  with open(reproduce.README, encoding="utf-8") as f:
+def _section(experiment: str) -> str:
+  """The README of ``experiments/<experiment>``, where its results tables are."""
+  with open(reproduce.readme_of(experiment), encoding="utf-8") as f:
     return f.read()
-
-
-def _section(readme: str, experiment: str) -> str:
-  """The README section of ``experiments/<experiment>.py``, up to the next heading."""
-  match = re.search(rf"^### [^\n]*\(`experiments/{experiment}\.py`\)\n(.*?)(?=^#)", readme,
-                    re.M | re.S)
-  assert match, f"README has no section for experiments/{experiment}.py"
-  return match.group(1)
 
 
 def _tables(section: str) -> list[list[list[str]]]:
@@ -113,10 +107,9 @@ def test_figure_rows_read_eval_json_and_scale_fractions():
 
 
 def test_every_figure_is_the_readme_value_in_its_table_cell():
-  readme = _readme()
   for figure in reproduce.FIGURES:
     assert figure.kind in reproduce.TOLERANCES, figure
-    section = _section(readme, RUNS[figure.run].experiment)
+    section = _section(RUNS[figure.run].experiment)
     value = re.compile(rf"(?<![\d.,]){re.escape(figure.readme)}(?![\d])")
     if figure.column is None:  # a figure of the prose
       assert value.search(section), figure
@@ -139,15 +132,15 @@ def test_table_covers_every_run_once_per_figure():
 
 
 def test_commands_are_the_documented_ones():
-  readme = _readme()
   for run in reproduce.RUNS:
     cmd = reproduce.command(run, "runs/reproduce")
     assert cmd[1:4] == ["-m", f"experiments.{run.experiment}",
                         f"--config=experiments/configs/{run.experiment}.py"]
-    assert f"--config=experiments/configs/{run.experiment}.py --workdir" in readme
+    assert f"--config=experiments/configs/{run.experiment}.py --workdir" in _section(
+        run.experiment)
     assert cmd[4] == f"--workdir=runs/reproduce/{run.name}"
     for flag in cmd[5:]:
-      assert flag in _section(readme, run.experiment), flag
+      assert flag in _section(run.experiment), flag
   sinusoidal = reproduce.command(RUNS["transformer_seq2seq_sinusoidal"], "w", preset="tiny")
   assert sinusoidal[3:] == ["--config=experiments/configs/transformer_seq2seq.py:tiny",
                             "--workdir=w/transformer_seq2seq_sinusoidal",
