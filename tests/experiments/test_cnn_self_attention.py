@@ -40,7 +40,7 @@ def test_attention_weights_are_rows_over_the_grid():
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
 
 
-def test_tiny_run_writes_eval_json_and_attention_maps(tmp_path):
+def test_tiny_run_writes_eval_json_and_attention_maps(tmp_path, check_png):
   workdir = str(tmp_path / "run")
   results = cnn_self_attention.run(configs.get_config("tiny"), workdir)
   assert set(results["variants"]) == {"cnn", "cnn_attention"}
@@ -48,7 +48,7 @@ def test_tiny_run_writes_eval_json_and_attention_maps(tmp_path):
     assert 0.0 <= result["test_accuracy"] <= 1.0
   with_attention = results["variants"]["cnn_attention"]
   assert with_attention["parameters"] > results["variants"]["cnn"]["parameters"]
-  assert os.path.getsize(os.path.join(workdir, "attention_maps.png")) > 1000
+  check_png(os.path.join(workdir, "attention_maps.png"))
   with open(os.path.join(workdir, "eval.json")) as f:
     written = json.load(f)
   assert written["variants"]["cnn"]["test_accuracy"] == results["variants"]["cnn"]["test_accuracy"]

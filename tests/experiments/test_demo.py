@@ -1,16 +1,15 @@
 """The README's demo learns to reverse and its attention map is the anti-diagonal."""
 
 import json
-import os
 
 from experiments import demo
 
 
-def test_demo_learns_reversal_through_attention(tmp_path):
+def test_demo_learns_reversal_through_attention(tmp_path, check_png):
   result = demo.run(str(tmp_path), steps=250, length=8, seed=1)
   assert result["test_accuracy"] > 0.95
   # Each output attends mostly to its mirrored input: the only route for the information.
   assert result["mean_attention_on_mirrored_position"] > 0.5
-  assert os.path.getsize(tmp_path / "attention_map.png") > 1000
+  check_png(tmp_path / "attention_map.png")
   with open(tmp_path / "eval.json") as f:
     assert json.load(f)["test_accuracy"] == result["test_accuracy"]

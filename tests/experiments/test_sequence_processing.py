@@ -78,7 +78,7 @@ def test_tiny_config_learns(name):
   assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
 
 
-def test_run_writes_pngs_and_eval_json(tmp_path):
+def test_run_writes_pngs_and_eval_json(tmp_path, check_png):
   workdir = str(tmp_path / "run")
   config = configs.get_config("tiny")
   config.models = ("cnn",)
@@ -86,7 +86,7 @@ def test_run_writes_pngs_and_eval_json(tmp_path):
   config.benchmark.lengths = (8,)
   results = sequence_processing.run(config, workdir)
   for png in ("accuracy_vs_distance.png", "speed_memory_vs_length.png"):
-    assert os.path.getsize(os.path.join(workdir, png)) > 1000
+    check_png(os.path.join(workdir, png))
   with open(os.path.join(workdir, "eval.json")) as f:
     written = json.load(f)
   cnn = written["models"]["cnn"]
@@ -96,7 +96,7 @@ def test_run_writes_pngs_and_eval_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_run_learns_and_writes_results(tmp_path):
+def test_tiny_run_learns_and_writes_results(tmp_path, check_png):
   workdir = str(tmp_path / "run")
   config = configs.get_config("tiny")
   results = sequence_processing.run(config, workdir)
@@ -113,7 +113,7 @@ def test_tiny_run_learns_and_writes_results(tmp_path):
       assert row["examples_per_second"] > 0 and row["forward_peak_bytes"] > 0
   assert results["models"]["cnn"]["receptive_field"] == 5
   for png in ("accuracy_vs_distance.png", "speed_memory_vs_length.png"):
-    assert os.path.getsize(os.path.join(workdir, png)) > 1000
+    check_png(os.path.join(workdir, png))
   with open(os.path.join(workdir, "eval.json")) as f:
     written = json.load(f)
   assert written["models"]["rnn"]["parameters"] == results["models"]["rnn"]["parameters"]

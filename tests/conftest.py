@@ -1,0 +1,25 @@
+"""Fixtures shared by the test folders."""
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+
+def check_png(path, min_width: int = 200, min_height: int = 150) -> np.ndarray:
+  """Asserts that ``path`` is a figure with something drawn on it, not merely a file: at least
+  ``min_width x min_height`` pixels, over 2% of them off the background colour, and many
+  colours (text, lines, colour maps); returns the RGB pixels."""
+  image = matplotlib.image.imread(path)
+  height, width = image.shape[:2]
+  assert width >= min_width and height >= min_height, (path, image.shape)
+  rgb = np.round(image[..., :3] * 255).astype(np.uint8).reshape(-1, 3)
+  colours, counts = np.unique(rgb, axis=0, return_counts=True)
+  drawn = 1 - counts.max() / counts.sum()
+  assert drawn > 0.02, f"{path}: {drawn:.1%} of the pixels are off the background"
+  assert len(colours) >= 16, f"{path}: only {len(colours)} colours"
+  return rgb
+
+
+@pytest.fixture(name="check_png")
+def check_png_fixture():
+  return check_png
