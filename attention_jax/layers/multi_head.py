@@ -45,7 +45,8 @@ def _is_concrete(x) -> bool:
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head attention, self (``inputs_kv=None``) or cross.
+  """Multi-head attention, self (``inputs_k=None``) or cross; called as flax's
+  ``MultiHeadDotProductAttention`` is (``inputs_q, inputs_k, inputs_v``, or ``inputs_kv=``).
 
   Attributes:
     num_heads: number of query heads.
@@ -91,15 +92,21 @@ class MultiHeadAttention(nn.Module):
   implementation: str | None = None
 
   @nn.compact
-  def __call__(self, inputs_q, inputs_kv=None, *, mask=None, bias=None, query_lengths=None,
-               key_lengths=None, deterministic: bool | None = None, sow_weights: bool = False):
-    """Attends from ``inputs_q`` to ``inputs_kv`` (or to itself).
+  def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, inputs_kv=None, mask=None,
+               bias=None, query_lengths=None, key_lengths=None, deterministic: bool | None = None,
+               sow_weights: bool = False):
+    """Attends from ``inputs_q`` to ``inputs_k`` / ``inputs_v`` (or to itself).
 
     Args:
       inputs_q: ``[batch..., q_len, features]``.
-      inputs_kv: ``[batch..., kv_len, kv_features]`` for cross-attention, or ``None``.
-      mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, q_len, kv_len]``
-        (``kv_len`` is the cache length ``max_len`` in decode mode).
+      inputs_k: ``[batch..., kv_len, kv_features]``, the keys' input for cross-attention, or
+        ``None`` (self-attention; so is ``inputs_k`` given as ``inputs_q`` itself).
+      inputs_v: ``[batch..., kv_len, v_features]``, the values' input (default ``inputs_k``).
+      inputs_kv: both at once (flax's older spelling); not with ``inputs_k``/``inputs_v``.
+      mask: bool, ``True`` = may attend, or a flax float/int mask (``nn.make_attention_mask``,
+        ``nn.make_causal_mask``: nonzero = may attend), broadcastable to
+        ``[batch..., heads, q_len, kv_len]`` (``kv_len`` is the cache length ``max_len`` in
+        decode mode).
       bias: float, added to the logits, same broadcast as ``mask``.
       query_lengths: int ``[batch...]``; padded queries get zero attention output.
       key_lengths: int ``[batch...]``; padded keys are masked.
@@ -123,11 +130,11 @@ class MultiHeadAttention(nn.Module):
     growing past ``max_len``) rather than silently wrong.
     """
     inputs_q = jnp.asarray(inputs_q)
-    cross = inputs_kv is not None
-    inputs_kv = jnp.asarray(inputs_kv) if cross else inputs_q
-    self._check_inputs(inputs_q, inputs_kv, cross)
+    inputs_k, inputs_v, cross = self._key_value_inputs(inputs_q, inputs_k, inputs_v, inputs_kv)
     if self.rotary and cross:
-      raise ValueError("rotary=True is for self-attention; got inputs_kv for cross-attention")
+      raise ValueError("rotary=True is for self-attention; got inputs_k for cross-attention")
+    if hasattr(mask, "dtype") and jnp.issubdtype(mask.dtype, jnp.number):
+      mask = jnp.asarray(mask) != 0  # flax's float masks: nonzero = may attend
 
     features = self.out_features or inputs_q.shape[-1]
     qkv_features = self.qkv_features or inputs_q.shape[-1]
@@ -141,8 +148,8 @@ class MultiHeadAttention(nn.Module):
           param_dtype=self.param_dtype, name=name)
 
     query = projection(self.num_heads, "query")(inputs_q)
-    key = projection(kv_heads, "key")(inputs_kv)
-    value = projection(kv_heads, "value")(inputs_kv)
+    key = projection(kv_heads, "key")(inputs_k)
+    value = projection(kv_heads, "value")(inputs_v)
 
     is_causal = self.is_causal
     if self.decode and not cross and self.has_variable("cache", "cached_key"):
@@ -214,15 +221,31 @@ class MultiHeadAttention(nn.Module):
     return qkv_features // self.num_heads
 
   @staticmethod
-  def _check_inputs(inputs_q, inputs_kv, cross: bool) -> None:
+  def _key_value_inputs(inputs_q, inputs_k, inputs_v, inputs_kv):
+    """``(inputs_k, inputs_v, cross)`` after flax's rules, each checked against ``inputs_q``."""
     if inputs_q.ndim < 2:
       raise ValueError(f"inputs_q must be [batch..., q_len, features], got shape {inputs_q.shape}")
-    if not cross:
-      return
-    if inputs_kv.ndim != inputs_q.ndim or inputs_kv.shape[:-2] != inputs_q.shape[:-2]:
-      raise ValueError(
-          f"inputs_kv has shape {inputs_kv.shape} but inputs_q has shape {inputs_q.shape}; both "
-          f"are [batch..., length, features] with the same batch axes")
+    name = "inputs_k"
+    if inputs_kv is not None:
+      if inputs_k is not None or inputs_v is not None:
+        raise ValueError("give inputs_kv or inputs_k/inputs_v, not both")
+      inputs_k, name = inputs_kv, "inputs_kv"
+    if inputs_k is None:
+      if inputs_v is not None:
+        raise ValueError("inputs_v needs inputs_k (the keys' input)")
+      return inputs_q, inputs_q, False
+    cross = inputs_k is not inputs_q
+    inputs_k = jnp.asarray(inputs_k)
+    inputs_v = inputs_k if inputs_v is None else jnp.asarray(inputs_v)
+    for arg, x in ((name, inputs_k), ("inputs_v", inputs_v)):
+      if x.ndim != inputs_q.ndim or x.shape[:-2] != inputs_q.shape[:-2]:
+        raise ValueError(
+            f"{arg} has shape {x.shape} but inputs_q has shape {inputs_q.shape}; both are "
+            f"[batch..., length, features] with the same batch axes")
+    if inputs_v.shape[-2] != inputs_k.shape[-2]:
+      raise ValueError(f"inputs_v has {inputs_v.shape[-2]} positions but {name} has "
+                       f"{inputs_k.shape[-2]}; keys and values pair up one to one")
+    return inputs_k, inputs_v, cross
 
   def _create_cache(self, key, value) -> None:
     self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)

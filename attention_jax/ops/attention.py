@@ -48,12 +48,16 @@ def masked_softmax(logits, mask=None, axis: int = -1) -> Array:
   logits = jnp.asarray(logits)
   logits = logits.astype(accumulation_dtype(logits.dtype))
   if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
+    # Masked entries are zeroed after the exp rather than filled with -inf before it: no inf is
+    # ever made, so jax.debug_infs(True) can stay on (and a NaN in a masked logit cannot leak).
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   row_max = jnp.max(logits, axis=axis, keepdims=True)
-  # A fully masked row has max -inf; any finite shift keeps exp(-inf) = 0 there. The shift is
-  # mathematically irrelevant to softmax, so no gradient flows through it.
+  # The shift is mathematically irrelevant to softmax, so no gradient flows through it; a row
+  # whose entries are all -inf (from the caller's bias) is shifted by 0.
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
   unnormalized = jnp.exp(logits - row_max)
+  if mask is not None:
+    unnormalized = jnp.where(mask, unnormalized, 0.0)
   denominator = jnp.sum(unnormalized, axis=axis, keepdims=True)
   return unnormalized / jnp.where(denominator == 0.0, 1.0, denominator)
 

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 Array = jax.Array
+_LOWEST = float(jnp.finfo(jnp.float32).min)
+_HIGHEST = float(jnp.finfo(jnp.float32).max)
 
 
 def default_block_sizes(q_len: int, kv_len: int, platform: str | None = None,
@@ -188,7 +190,10 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, tr
 def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
   """Block-major inputs ``q [nq, b, hk, n, d]``, ``k/v [nk, b, hk, block_k, d|dv]``.
 
-  Returns ``out [nq, b, hk, n, dv]`` (input dtype) and ``lse [nq, b, hk, n]`` (float32).
+  Returns ``out [nq, b, hk, n, dv]`` and ``lse [nq, b, hk, n]``, both float32: the backward
+  pass needs the output unrounded (``delta = rowsum(dO * O)`` from a bfloat16 ``O`` gave a bias
+  gradient of 0.1 where the exact one is 0). No inf is ever an output (``jax.debug_infs``): rows
+  that see no key keep the running max at float32's lowest value and get ``lse`` = its highest.
   """
   _, b, hk, n, _ = q.shape
   dv = v.shape[-1]
@@ -203,19 +208,22 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
         k_blk = lax.dynamic_index_in_dim(k, kj, 0, keepdims=False)
         v_blk = lax.dynamic_index_in_dim(v, kj, 0, keepdims=False)
         s = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut)
+        # Rows with nothing visible yet keep the lowest float32 as their max: exp(-inf - max) is
+        # still 0 for their masked logits.
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        # Rows with nothing visible yet keep max -inf; shifting them by 0 keeps exp(-inf) = 0.
-        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-        p = jnp.exp(s - m_safe[..., None])
-        alpha = jnp.exp(m - m_safe)
+        p = jnp.exp(s - m_new[..., None])
+        alpha = jnp.exp(m - m_new)
         l = alpha * l + jnp.sum(p, axis=-1)
-        pv = jnp.einsum("bhnk,bhkd->bhnd", p.astype(v.dtype), v_blk,
+        # P stays float32 (bf16 values are upcast, not P rounded): the backward's
+        # delta = rowsum(dO * O) must equal rowsum(P * dP) from the same P, or a bias gradient
+        # that should cancel does not.
+        pv = jnp.einsum("bhnk,bhkd->bhnd", p, v_blk.astype(jnp.float32),
                         preferred_element_type=jnp.float32)
         return acc * alpha[..., None] + pv, m_new, l
       return step
 
     state = (jnp.zeros((b, hk, n, dv), jnp.float32),
-             jnp.full((b, hk, n), -jnp.inf, jnp.float32),
+             jnp.full((b, hk, n), _LOWEST, jnp.float32),
              jnp.zeros((b, hk, n), jnp.float32))
     clear_end, visible_end = _kv_ranges(cfg, qi, num_k)
     state = lax.fori_loop(0, clear_end, k_block(False), state)
@@ -224,8 +232,8 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
     acc, m, l = state
     visible = l > 0.0
     o_blk = acc / jnp.where(visible, l, 1.0)[..., None]
-    lse_blk = jnp.where(visible, m + jnp.log(jnp.where(visible, l, 1.0)), jnp.inf)
-    return None, (o_blk.astype(q.dtype), lse_blk)
+    lse_blk = jnp.where(visible, m + jnp.log(jnp.where(visible, l, 1.0)), _HIGHEST)
+    return None, (o_blk, lse_blk)
 
   # A scan writes each block's output once into the stacked result: no zero-filled buffer.
   _, (out, lse) = lax.scan(q_block, None, (jnp.arange(q.shape[0]), q))
@@ -304,12 +312,12 @@ def _backward(cfg: _Config, res, d_out):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash_core(cfg, q, k, v, bias, mask, q_lens, k_lens):
-  return _forward(cfg, q, k, v, bias, mask, q_lens, k_lens)[0]
+  return _forward(cfg, q, k, v, bias, mask, q_lens, k_lens)[0].astype(q.dtype)
 
 
 def _flash_core_fwd(cfg, q, k, v, bias, mask, q_lens, k_lens):
   out, lse = _forward(cfg, q, k, v, bias, mask, q_lens, k_lens)
-  return out, (q, k, v, bias, mask, q_lens, k_lens, out, lse)
+  return out.astype(q.dtype), (q, k, v, bias, mask, q_lens, k_lens, out, lse)
 
 
 _flash_core.defvjp(_flash_core_fwd, _backward)

@@ -49,6 +49,31 @@ def test_matches_flax_with_flax_params(cross, masked):
                              ours.apply(our_vars, q, kv_arg, mask=mask), rtol=1e-5, atol=1e-5)
 
 
+def test_flax_calls_and_float_masks_give_flax_results():
+  q, k_in = _inputs(kv_features=12)
+  _, v_in = _inputs(seed=1, kv_features=9)
+  flax_mha = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=24, out_features=10)
+  ours = layers.MultiHeadAttention(num_heads=4, qkv_features=24, out_features=10)
+  variables = flax_mha.init(jax.random.key(0), q, k_in, v_in)
+  assert _shapes(variables) == _shapes(ours.init(jax.random.key(0), q, k_in, v_in))
+  # flax's own masks are float 0/1 (nonzero = attend): padding of the keys, and causal.
+  padding = nn.make_attention_mask(jnp.ones((B, TQ)), jnp.arange(TKV) < jnp.array([[7], [4]]))
+  assert padding.dtype != jnp.bool_
+  expected = flax_mha.apply(variables, q, k_in, v_in, mask=padding)
+  for call in (lambda: ours.apply(variables, q, k_in, v_in, mask=padding),
+               lambda: ours.apply(variables, q, inputs_k=k_in, inputs_v=v_in, mask=padding),
+               lambda: ours.apply(variables, q, k_in, v_in, mask=padding.astype(bool))):
+    np.testing.assert_allclose(call(), expected, rtol=1e-5, atol=1e-5)
+  self_mha = layers.MultiHeadAttention(num_heads=4)
+  self_vars = self_mha.init(jax.random.key(1), q, mask=nn.make_causal_mask(jnp.ones((B, TQ))))
+  np.testing.assert_allclose(
+      self_mha.apply(self_vars, q, mask=nn.make_causal_mask(jnp.ones((B, TQ)))),
+      layers.MultiHeadAttention(num_heads=4, is_causal=True).apply(self_vars, q),
+      rtol=1e-6, atol=1e-6)
+  # inputs_k given as inputs_q itself is self-attention (flax's spelling of it).
+  np.testing.assert_allclose(self_mha.apply(self_vars, q, q), self_mha.apply(self_vars, q))
+
+
 def test_matches_flax_without_bias_and_causal():
   q, _ = _inputs()
   flax_mha = nn.MultiHeadDotProductAttention(num_heads=2, use_bias=False)
@@ -177,14 +202,16 @@ def test_errors_name_arguments_and_shapes():
   variables = mha.init(jax.random.key(0), q, kv)
   with pytest.raises(ValueError, match=r"inputs_q must be \[batch..., q_len, features\]"):
     mha.apply(variables, q[0, 0])
-  with pytest.raises(ValueError, match="inputs_kv has shape .* same batch axes"):
+  with pytest.raises(ValueError, match="inputs_k has shape .* same batch axes"):
     mha.apply(variables, q, kv[:1])
   with pytest.raises(ValueError, match="inputs_kv has shape"):
-    mha.apply(variables, q, kv[0])
+    mha.apply(variables, q, inputs_kv=kv[0])
+  with pytest.raises(ValueError, match="inputs_v has 6 positions but inputs_k has 7"):
+    mha.apply(variables, q, kv, kv[:, :6])
+  with pytest.raises(ValueError, match="inputs_kv or inputs_k/inputs_v, not both"):
+    mha.apply(variables, q, kv, inputs_kv=kv)
   with pytest.raises(ValueError, match="mask of shape"):
     mha.apply(variables, q, kv, mask=jnp.ones((TQ, TQ), bool))
-  with pytest.raises(TypeError, match="mask must be a boolean"):
-    mha.apply(variables, q, kv, mask=jnp.ones((TQ, TKV)))
   with pytest.raises(ValueError, match="key_lengths has shape"):
     mha.apply(variables, q, kv, key_lengths=jnp.array([1, 2, 3]))
   with pytest.raises(ValueError, match="qkv_features=16 must be divisible by num_heads=3"):
