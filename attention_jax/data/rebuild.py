@@ -16,7 +16,6 @@ import shutil
 
 import tensorflow_datasets as tfds
 
-import attention_jax.data  # noqa: F401  (registers the builders)
 
 
 def rebuild(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

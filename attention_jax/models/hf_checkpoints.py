@@ -116,17 +116,12 @@ def save_pretrained(directory: str | os.PathLike, state_dict: Mapping[str, np.nd
                     hf_config: Mapping[str, Any]) -> str:
   """Writes ``model.safetensors`` and ``config.json`` into ``directory`` (HF's layout);
   returns the folder."""
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=import-outside-toplevel
+  # The flax writer, like its reader, handles bfloat16, which safetensors' NumPy one does not.
+  from safetensors import flax as safetensors_flax  # pylint: disable=import-outside-toplevel
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
-  arrays = {name: np.ascontiguousarray(value) for name, value in state_dict.items()}
-  if any(a.dtype == ml_dtypes.bfloat16 for a in arrays.values()):
-    from safetensors import flax as safetensors_flax  # pylint: disable=import-outside-toplevel
-    safetensors_flax.save_file({k: jnp.asarray(v) for k, v in arrays.items()},
-                               os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
-  else:
-    safetensors_numpy.save_file(arrays, os.path.join(directory, WEIGHTS_NAME),
-                                metadata={"format": "pt"})
+  safetensors_flax.save_file({name: jnp.asarray(value) for name, value in state_dict.items()},
+                             os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
   with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
     json.dump(dict(hf_config), f, indent=2, sort_keys=True)
     f.write("\n")
