@@ -25,11 +25,11 @@ install: $(STAMP)
 
 # The main job: seq2seq with and without attention, a short run that still shows both curves.
 demo: $(STAMP)
-	$(PY) -m experiments.seq2seq --config=experiments/configs/seq2seq.py:quick --workdir=runs/seq2seq_quick
+	$(PY) -m experiments.seq2seq --config=experiments/seq2seq/config.py:quick --workdir=runs/seq2seq_quick
 
 # The default config (about 10 minutes of training per model on a 2-core CPU).
 demo-full: $(STAMP)
-	$(PY) -m experiments.seq2seq --config=experiments/configs/seq2seq.py --workdir=runs/seq2seq
+	$(PY) -m experiments.seq2seq --config=experiments/seq2seq/config.py --workdir=runs/seq2seq
 
 # A few seconds: one self-attention layer learns to reverse a sequence.
 reverse-demo: $(STAMP)

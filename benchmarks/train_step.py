@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import training
-from attention_jax.models import transformer as tf
+from attention_jax.models import transformer
 from experiments import transformer_lm
-from experiments.configs import transformer_lm as lm_configs
+from experiments.transformer_lm import config as lm_configs
 
 try:
   import torch
@@ -66,7 +66,7 @@ def jax_side(config, vocab_size, implementation):
     holder["state"], sums = train_step(holder["state"], batch)
     jax.block_until_ready(sums)
 
-  return step, tf.count_parameters(params)
+  return step, transformer.count_parameters(params)
 
 
 def torch_model(config, vocab_size):
@@ -154,7 +154,7 @@ def torch_side(config, vocab_size):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--preset", default="default", help="experiments/configs/transformer_lm.py")
+  parser.add_argument("--preset", default="default", help="experiments/transformer_lm/config.py")
   parser.add_argument("--vocab-size", type=int, default=96,
                       help="characters in the vocabulary (the stdlib text gives about this many)")
   parser.add_argument("--implementation", default=None,

@@ -6,7 +6,7 @@ r"""Re-runs every experiment whose results tables are in its README and puts eac
 documented command: its config preset and overrides) this reuses ``<workdir>/<run>/eval.json``
 when it exists, or runs
 
-  python -m experiments.<experiment> --config=experiments/configs/<experiment>.py[:preset] \
+  python -m experiments.<experiment> --config=experiments/<experiment>/config.py[:preset] \
       --workdir=<workdir>/<run> [--config.x=y ...]
 
 with the same Python, its output in ``<workdir>/<run>.log``, and stops with an error naming the run
@@ -83,7 +83,7 @@ TOLERANCES = {
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One documented command: ``experiments/<experiment>.py`` into ``<workdir>/<name>``."""
+  """One documented command: ``python -m experiments.<experiment>`` into ``<workdir>/<name>``."""
   name: str
   experiment: str
   overrides: tuple[tuple[str, Any], ...] = ()  # --config.<key>=<value>
@@ -210,7 +210,7 @@ def read_key(results: dict[str, Any], key: str) -> Any:
 def command(run: Run, workdir: str, preset: str | None = None) -> list[str]:
   """The documented command of ``run`` (at ``preset`` instead of its own, when given)."""
   preset = preset or run.preset
-  config = f"experiments/configs/{run.experiment}.py" + ("" if preset == "default" else
+  config = f"experiments/{run.experiment}/config.py" + ("" if preset == "default" else
                                                         f":{preset}")
   return [sys.executable, "-m", f"experiments.{run.experiment}", f"--config={config}",
           f"--workdir={_shown(os.path.join(workdir, run.name))}",

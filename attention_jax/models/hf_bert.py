@@ -2,8 +2,8 @@
 
 ``import_bert`` reads the layouts of HF's ``BertModel`` (no prefix, pooler optional) and of
 ``BertForMaskedLM`` / ``BertForPreTraining`` (``bert.`` prefix, the masked-LM head
-``cls.predictions``; the next-sentence head ``cls.seq_relationship`` of pre-training checkpoints is not modelled and is
-skipped) as a mapping of arrays of any float dtype, a ``.safetensors`` file or a
+``cls.predictions``; the next-sentence head ``cls.seq_relationship`` of pre-training
+checkpoints is not modelled and is skipped) as a mapping of arrays of any float dtype, a ``.safetensors`` file or a
 ``save_pretrained`` folder. Nothing is downloaded here. Names (torch ``Linear``: ``y = x @ W.T +
 b``)::
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from attention_jax.models import hf_checkpoints as hf
 from attention_jax.models import presets
-from attention_jax.models import transformer as tf
+from attention_jax.models import transformer
 
 _IGNORED = re.compile(r"embeddings\.(position_ids|token_type_ids)$|cls\.seq_relationship\..*")
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
@@ -48,14 +48,14 @@ def _strip(state_dict) -> dict[str, np.ndarray]:
 
 
 def bert_config(state_dict, num_heads: int | None = None, hf_config=None,
-                **overrides) -> tf.TransformerConfig:
+                **overrides) -> transformer.TransformerConfig:
   """The :func:`presets.bert` config whose shapes match ``state_dict`` (arguments as
   :func:`attention_jax.models.hf_gpt2.gpt2_config`)."""
   hf_cfg = hf.read_hf_config(hf_config, state_dict)
   return _config(_strip(state_dict), num_heads, hf_cfg, overrides)
 
 
-def _config(weights, num_heads, hf_cfg, overrides) -> tf.TransformerConfig:
+def _config(weights, num_heads, hf_cfg, overrides) -> transformer.TransformerConfig:
   names = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
            "encoder.layer.0.intermediate.dense.weight")
   for name in names:
@@ -98,7 +98,7 @@ def _dense(d_in: int, d_out: int) -> dict[str, tuple[int, ...]]:
   return {"weight": (d_out, d_in), "bias": (d_out,)}
 
 
-def _expected_shapes(config: tf.TransformerConfig, pooler: bool, head: bool):
+def _expected_shapes(config: transformer.TransformerConfig, pooler: bool, head: bool):
   d, m = config.features, config.mlp_dim
   layouts: dict[str, dict[str, tuple[int, ...]]] = {
       "embeddings.word_embeddings": {"weight": (config.vocab_size, d)},
@@ -126,7 +126,7 @@ def _expected_shapes(config: tf.TransformerConfig, pooler: bool, head: bool):
           for leaf, shape in leaves.items()}
 
 
-def _check_config(config: tf.TransformerConfig) -> None:
+def _check_config(config: transformer.TransformerConfig) -> None:
   wanted = dict(positions="learned", pre_norm=False, use_bias=True, num_kv_heads=None,
                 embedding_norm=True, scale_embeddings=False)
   wrong = {k: getattr(config, k) for k, v in wanted.items() if getattr(config, k) != v}
@@ -134,7 +134,7 @@ def _check_config(config: tf.TransformerConfig) -> None:
     raise ValueError(f"a BERT config needs {wanted}; this one has {wrong}")
 
 
-def import_bert(state_dict, config: tf.TransformerConfig | None = None, *, hf_config=None,
+def import_bert(state_dict, config: transformer.TransformerConfig | None = None, *, hf_config=None,
                 num_heads: int | None = None, dtype: Any = jnp.float32
                 ) -> tuple[nn.Module, dict[str, Any]]:
   """The model and ``params`` holding a BERT checkpoint.
@@ -192,16 +192,16 @@ def import_bert(state_dict, config: tf.TransformerConfig | None = None, *, hf_co
     params = {"embedder": embedder, "encoder": encoder,
               "head_transform": dense(_HEAD + "transform.dense"),
               "head_norm": norm(_HEAD + "transform.LayerNorm"), "head_bias": w[_HEAD + "bias"]}
-    model = tf.BertForMaskedLM(config)
+    model = transformer.BertForMaskedLM(config)
   else:
     params = {"encoder": {"embedder": embedder, **encoder}}
     if pooler:
       params["pooler"] = {"dense": dense("pooler.dense")}
-    model = tf.BertEncoder(config, add_pooler=pooler)
+    model = transformer.BertEncoder(config, add_pooler=pooler)
   return model, hf.as_params(params, dtype)
 
 
-def export_bert(params, config: tf.TransformerConfig, *, dtype: Any = np.float32
+def export_bert(params, config: transformer.TransformerConfig, *, dtype: Any = np.float32
                 ) -> dict[str, np.ndarray]:
   """Params of ``BertEncoder`` (HF ``BertModel`` names) or ``BertForMaskedLM`` (``bert.`` prefix
   and ``cls.predictions``, tied names included) as NumPy arrays of ``dtype``; the inverse of
@@ -250,7 +250,7 @@ def export_bert(params, config: tf.TransformerConfig, *, dtype: Any = np.float32
   return {k: np.asarray(v, dtype) for k, v in out.items()}
 
 
-def bert_hf_config(config: tf.TransformerConfig, masked_lm: bool) -> dict[str, Any]:
+def bert_hf_config(config: transformer.TransformerConfig, masked_lm: bool) -> dict[str, Any]:
   """HF's ``config.json`` for ``BertForMaskedLM`` (``masked_lm``) or ``BertModel``."""
   activation = {"gelu_exact": "gelu", "gelu": "gelu_new", "relu": "relu"}[config.activation]
   return {"architectures": ["BertForMaskedLM" if masked_lm else "BertModel"],
@@ -264,7 +264,8 @@ def bert_hf_config(config: tf.TransformerConfig, masked_lm: bool) -> dict[str, A
           "position_embedding_type": "absolute", "tie_word_embeddings": True}
 
 
-def save_bert(directory, params, config: tf.TransformerConfig, *, dtype: Any = np.float32) -> str:
+def save_bert(directory, params, config: transformer.TransformerConfig, *,
+              dtype: Any = np.float32) -> str:
   """Writes ``model.safetensors`` + ``config.json`` that ``BertForMaskedLM`` / ``BertModel``
   ``.from_pretrained`` reads; returns the folder."""
   state_dict = export_bert(params, config, dtype=dtype)

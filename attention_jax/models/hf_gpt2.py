@@ -32,7 +32,7 @@ import numpy as np
 
 from attention_jax.models import hf_checkpoints as hf
 from attention_jax.models import presets
-from attention_jax.models import transformer as tf
+from attention_jax.models import transformer
 
 _BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 # HF's activation_function -> ours.
@@ -49,7 +49,7 @@ def _strip(state_dict) -> dict[str, np.ndarray]:
 
 
 def gpt2_config(state_dict, num_heads: int | None = None, hf_config=None,
-                **overrides) -> tf.TransformerConfig:
+                **overrides) -> transformer.TransformerConfig:
   """The :func:`presets.gpt2` config whose shapes match ``state_dict``.
 
   Args:
@@ -64,7 +64,7 @@ def gpt2_config(state_dict, num_heads: int | None = None, hf_config=None,
   return _config(_strip(state_dict), num_heads, hf_cfg, overrides)
 
 
-def _config(weights, num_heads, hf_cfg, overrides) -> tf.TransformerConfig:
+def _config(weights, num_heads, hf_cfg, overrides) -> transformer.TransformerConfig:
   for name in ("wte.weight", "wpe.weight", "h.0.mlp.c_fc.weight"):
     if name not in weights:
       raise ValueError(f"state dict has no {name!r} (nor 'transformer.{name}')")
@@ -97,7 +97,7 @@ def _config(weights, num_heads, hf_cfg, overrides) -> tf.TransformerConfig:
   return presets.gpt2(num_layers, features, num_heads, **{**shapes, **from_hf, **overrides})
 
 
-def _expected_shapes(config: tf.TransformerConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(config: transformer.TransformerConfig) -> dict[str, tuple[int, ...]]:
   d, v = config.features, config.vocab_size
   shapes = {"wte.weight": (v, d), "wpe.weight": (config.max_length, d),
             "ln_f.weight": (d,), "ln_f.bias": (d,)}
@@ -114,7 +114,7 @@ def _expected_shapes(config: tf.TransformerConfig) -> dict[str, tuple[int, ...]]
   return shapes
 
 
-def _check_config(config: tf.TransformerConfig) -> None:
+def _check_config(config: transformer.TransformerConfig) -> None:
   wanted = dict(positions="learned", pre_norm=True, tie_embeddings=True, use_bias=True,
                 num_kv_heads=None, num_token_types=0, embedding_norm=False,
                 scale_embeddings=False)
@@ -123,7 +123,7 @@ def _check_config(config: tf.TransformerConfig) -> None:
     raise ValueError(f"a GPT-2 config needs {wanted}; this one has {wrong}")
 
 
-def import_gpt2(state_dict, config: tf.TransformerConfig | None = None, *, hf_config=None,
+def import_gpt2(state_dict, config: transformer.TransformerConfig | None = None, *, hf_config=None,
                 num_heads: int | None = None, dtype: Any = jnp.float32):
   """The ``params`` of ``DecoderOnlyLM(config)`` holding GPT-2's weights.
 
@@ -176,7 +176,7 @@ def import_gpt2(state_dict, config: tf.TransformerConfig | None = None, *, hf_co
   return hf.as_params({"decoder": decoder}, dtype)
 
 
-def export_gpt2(params, config: tf.TransformerConfig, *, dtype: Any = np.float32
+def export_gpt2(params, config: transformer.TransformerConfig, *, dtype: Any = np.float32
                 ) -> dict[str, np.ndarray]:
   """``DecoderOnlyLM`` params -> HF ``GPT2LMHeadModel`` names (``transformer.`` prefix, the tied
   ``lm_head.weight`` included) as NumPy arrays of ``dtype``; the inverse of
@@ -211,7 +211,7 @@ def export_gpt2(params, config: tf.TransformerConfig, *, dtype: Any = np.float32
   return state_dict
 
 
-def gpt2_hf_config(config: tf.TransformerConfig) -> dict[str, Any]:
+def gpt2_hf_config(config: transformer.TransformerConfig) -> dict[str, Any]:
   """HF's ``config.json`` for ``GPT2LMHeadModel`` of these shapes."""
   activation = {ours: theirs for theirs, ours in _ACTIVATIONS.items()
                 if theirs != "gelu_pytorch_tanh"}[config.activation]
@@ -224,7 +224,7 @@ def gpt2_hf_config(config: tf.TransformerConfig) -> dict[str, Any]:
           "attn_pdrop": config.attention_dropout_rate, "tie_word_embeddings": True}
 
 
-def save_gpt2(directory, params, config: tf.TransformerConfig, *, dtype: Any = np.float32
+def save_gpt2(directory, params, config: transformer.TransformerConfig, *, dtype: Any = np.float32
               ) -> str:
   """Writes ``model.safetensors`` + ``config.json`` that ``GPT2LMHeadModel.from_pretrained``
   reads; returns the folder."""

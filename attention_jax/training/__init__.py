@@ -16,47 +16,51 @@ Typical use in an experiment::
   state = training.train(config, workdir, state, training.make_train_step(loss_fn),
                          get_batch=lambda step: data.batch(config.seed, step),
                          learning_rate_fn=schedule)
+
+Modules:
+
+* ``config`` -- :func:`default_training_config` and :func:`validate_training_config`.
+* ``config_json`` -- the JSON copy of a config in the workdir.
+* ``run_files`` -- files written atomically: :func:`atomic_write_text`, :func:`write_json`,
+  :func:`write_eval_json`.
+* ``flags`` / ``launch`` -- an experiment script's absl flags and its ``__main__``
+  (:func:`run_experiment`).
+* ``loop`` (:func:`train`), ``checkpointing``, ``metric_writers``, ``metrics``, ``optimizers``,
+  ``steps``, ``train_state``, ``evaluation``.
+* ``teacher_forcing`` -- :func:`train_teacher_forced`, a sequence-to-sequence model's training.
 """
 
 from attention_jax.training.checkpointing import Checkpointer, abstract_like
-from attention_jax.training.config_validation import (
+from attention_jax.training.config import (
     OPTIMIZERS,
     SCHEDULES,
-    TRAINING_SCHEMA,
-    at_least,
-    at_most,
-    config_to_dict,
     default_training_config,
-    define_config_flags,
-    greater_than,
-    is_bool,
-    is_int,
-    is_number,
-    load_config_json,
-    one_of,
-    optional,
-    save_config_json,
-    validate_config,
+    validate_training_config,
 )
+from attention_jax.training.config_json import config_to_dict, load_config_json, save_config_json
 from attention_jax.training.evaluation import evaluate
+from attention_jax.training.flags import define_config_flags
+from attention_jax.training.launch import run_experiment
 from attention_jax.training.loop import train
 from attention_jax.training.metric_writers import (
     JsonlWriter,
+    SummaryWriter,
     make_progress_bar,
-    make_summary_writer,
     read_jsonl,
 )
 from attention_jax.training.metrics import accumulate, classification_sums, summarize
 from attention_jax.training.optimizers import make_optimizer, make_schedule, warmup_rsqrt_schedule
+from attention_jax.training.run_files import atomic_write_text, write_eval_json, write_json
 from attention_jax.training.steps import make_eval_step, make_train_step
+from attention_jax.training.teacher_forcing import train_teacher_forced
 from attention_jax.training.train_state import TrainState, create_train_state
 
 __all__ = [
-    "Checkpointer", "JsonlWriter", "OPTIMIZERS", "SCHEDULES", "TRAINING_SCHEMA", "TrainState",
-    "abstract_like", "accumulate", "at_least", "at_most", "classification_sums",
-    "config_to_dict", "create_train_state", "default_training_config", "define_config_flags",
-    "evaluate", "greater_than", "is_bool", "is_int", "is_number", "load_config_json",
-    "make_eval_step", "make_optimizer", "make_progress_bar", "make_schedule",
-    "make_summary_writer", "make_train_step", "one_of", "optional", "read_jsonl",
-    "save_config_json", "summarize", "train", "validate_config", "warmup_rsqrt_schedule",
+    "Checkpointer", "JsonlWriter", "OPTIMIZERS", "SCHEDULES", "SummaryWriter", "TrainState",
+    "abstract_like", "accumulate", "atomic_write_text", "classification_sums", "config_to_dict",
+    "create_train_state", "default_training_config", "define_config_flags", "evaluate",
+    "load_config_json", "make_eval_step", "make_optimizer", "make_progress_bar",
+    "make_schedule", "make_train_step", "read_jsonl", "run_experiment", "save_config_json",
+    "summarize", "train", "train_teacher_forced", "validate_training_config",
+    "warmup_rsqrt_schedule", "write_eval_json", "write_json",
 ]

@@ -79,10 +79,6 @@ class Checkpointer:
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
-  def should_save(self, step: int) -> bool:
-    """Whether :meth:`save` at ``step`` would write (multiple of save_every, newer than latest)."""
-    return self._manager.should_save(step)
-
   # -- save / restore ---------------------------------------------------------------------------
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:

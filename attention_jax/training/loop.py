@@ -6,7 +6,7 @@ Everything a run writes goes under ``workdir``::
   workdir/checkpoints/<step>/  orbax checkpoints (state + config JSON), the latest few
   workdir/metrics.jsonl        one line per log interval ("split": "train") and evaluation
                                ("split": "eval"), truncated to the restored step on resume
-  workdir/tensorboard/         TensorBoard scalars, only when tensorboardX (or TF) is installed
+  workdir/tensorboard/         TensorBoard scalars (train/<metric>, eval/<metric>)
   workdir/final_eval.json      eval_fn's result at num_steps, if eval_fn is given
 
 Per step ``s`` (``s = state.step``, from the restored step up to ``num_steps - 1``) the loop
@@ -30,13 +30,16 @@ splits parameters and optimiser state) before restoring into it, places each bat
 outputs and runs it under ``jax.set_mesh(mesh)``: XLA partitions the step, no experiment code
 changes. With several processes (``jax.process_count() > 1``) each process feeds only its own
 rows of the global batch of ``config.batch_size`` rows: ``get_batch(step, rows=slice)`` when
-``get_batch`` takes a ``rows`` argument, else the rows sliced from ``get_batch(step)``.
+``get_batch`` takes a ``rows`` argument, else the rows sliced from ``get_batch(step)``; only
+process 0 writes ``config.json``, the metrics and ``final_eval.json``.
+
+A tqdm bar shows the steps when stderr is a terminal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import json
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -50,8 +53,9 @@ from attention_jax import parallel
 from attention_jax.training import metric_writers
 from attention_jax.training import metrics as metrics_lib
 from attention_jax.training.checkpointing import Checkpointer
-from attention_jax.training.config_validation import (atomic_write_text, config_to_dict,
-                                                      save_config_json, validate_config)
+from attention_jax.training.config import validate_training_config
+from attention_jax.training.config_json import config_to_dict, save_config_json
+from attention_jax.training.run_files import write_json
 
 _accumulate = jax.jit(metrics_lib.accumulate, donate_argnums=(0,))
 
@@ -61,19 +65,6 @@ def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-class _NullLog:
-  """The metrics log of a non-primary host: writes nothing."""
-
-  def truncate_to(self, step):
-    del step
-
-  def write(self, record):
-    del record
-
-  def close(self):
-    pass
 
 
 def _last_good(checkpointer: Checkpointer) -> str:
@@ -106,7 +97,7 @@ def _takes_rows(get_batch: Callable) -> bool:
     return False
 
 
-def _batch_feeder(config, mesh, get_batch, prepare_batch):
+def _batch_feeder(config, mesh, get_batch):
   """``step -> batch placed on the mesh``; with several processes, only this process's rows."""
   global_rows = int(config.batch_size)
   several = jax.process_count() > 1
@@ -120,11 +111,136 @@ def _batch_feeder(config, mesh, get_batch, prepare_batch):
       batch = get_batch(step, rows=rows)
     else:
       batch = jax.tree.map(lambda x: np.asarray(x)[rows] if np.ndim(x) else x, get_batch(step))
-    if prepare_batch is not None:
-      batch = prepare_batch(batch)
     return parallel.place_batch(batch, mesh, global_rows)
 
   return feed
+
+
+class _Outputs:
+  """What the primary process writes as it trains: ``metrics.jsonl`` (first truncated to the
+  step the run starts from), TensorBoard scalars and ``final_eval.json``."""
+
+  def __init__(self, workdir: str, start: int):
+    self._workdir = workdir
+    self._jsonl = metric_writers.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    self._jsonl.truncate_to(start)
+    # TensorBoard hides what earlier runs logged after `start`, as the truncation drops it.
+    self._tensorboard = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                                     purge_step=start + 1)
+
+  def write(self, split: str, step: int, values: Mapping[str, Any]) -> None:
+    self._jsonl.write({"step": step, "split": split, **values})
+    metric_writers.write_scalars(self._tensorboard, step, values, prefix=f"{split}/")
+
+  def write_final_eval(self, step: int, result: Mapping[str, Any]) -> None:
+    write_json(os.path.join(self._workdir, "final_eval.json"), {"step": step, **result})
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tensorboard.close()
+
+
+class _NoOutputs:
+  """The outputs of a non-primary process: nothing (it writes only its checkpoint shards)."""
+
+  def write(self, split, step, values):
+    del split, step, values
+
+  def write_final_eval(self, step, result):
+    del step, result
+
+  def close(self):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """One call of :func:`train` once the mesh, state, step and feeder are set up."""
+
+  config: Any
+  workdir: str
+  primary: bool
+  train_step: Callable[[Any, Any], tuple[Any, Any]]  # sharded and jitted
+  get_batch: Callable[[int], Any]  # step -> batch placed on the mesh
+  checkpointer: Checkpointer
+  eval_fn: Callable[[Any], Mapping[str, Any]] | None
+  learning_rate_fn: Callable[[int], Any] | None
+  metric_denominators: Mapping[str, str] | None
+
+  def restore(self, state) -> tuple[Any, int]:
+    """The latest checkpoint restored into ``state`` (or ``state``), and its step."""
+    state, restored = self.checkpointer.restore_latest_or(state)
+    start = int(jax.device_get(state.step))
+    if restored is not None and restored != start:
+      raise ValueError(f"checkpoint {restored} holds a state at step {start}")
+    if restored is not None:
+      logging.info("Resuming from step %d in %s", start, self.workdir)
+    return state, start
+
+  def train(self, state):
+    num_steps = int(self.config.num_steps)
+    log_every = int(self.config.log_every)
+    eval_every = int(self.config.eval_every)
+    checkpoint_every = int(self.config.checkpoint_every)
+    state, start = self.restore(state)
+    outputs = _Outputs(self.workdir, start) if self.primary else _NoOutputs()
+    pbar = metric_writers.make_progress_bar(num_steps, start, None if self.primary else False)
+    try:
+      sums = None
+      interval_start, interval_time = start, time.perf_counter()
+      for step in range(start, num_steps):
+        state, step_sums = self.train_step(state, self.get_batch(step))
+        sums = step_sums if sums is None else _accumulate(sums, step_sums)
+        pbar.update(1)
+        done = step + 1
+        last = done == num_steps
+        do_log = last or done % log_every == 0
+        do_eval = self.eval_fn is not None and (
+            last or (eval_every > 0 and done % eval_every == 0))
+        do_save = last or done % checkpoint_every == 0
+        if not (do_log or do_eval or do_save):
+          continue
+
+        host_sums = jax.device_get(sums)  # The only host sync, once per interval.
+        _raise_if_nonfinite(host_sums, interval_start, step, self.checkpointer)
+
+        if do_log:
+          elapsed = max(time.perf_counter() - interval_time, 1e-9)
+          record = self.train_record(host_sums, done, done - interval_start, elapsed)
+          outputs.write("train", done, record)
+          loss = record.get("loss")
+          pbar.set_postfix({"loss": "n/a" if loss is None else f"{loss:.4g}",
+                            "steps/s": f"{record['steps_per_sec']:.3g}",
+                            "ex/s": f"{record['examples_per_sec']:.3g}"}, refresh=False)
+          sums = None
+          interval_start, interval_time = done, time.perf_counter()
+
+        side_start = time.perf_counter()  # Evaluation and saving are not counted in throughput.
+        if do_eval:
+          result = dict(self.eval_fn(state))
+          outputs.write("eval", done, result)
+          if last:
+            outputs.write_final_eval(done, result)
+        if do_save:
+          if not bool(_all_finite(state.params)):
+            raise FloatingPointError(f"parameters are not finite after step {step}; "
+                                     f"{_last_good(self.checkpointer)}")
+          self.checkpointer.save(done, state, force=True)
+        interval_time += time.perf_counter() - side_start
+      return state
+    finally:
+      pbar.close()
+      outputs.close()
+
+  def train_record(self, host_sums, done: int, steps: int, elapsed: float) -> dict[str, Any]:
+    """The metrics of a log interval of ``steps`` steps ending after ``done`` updates."""
+    record = metrics_lib.summarize(host_sums, self.metric_denominators)
+    if self.learning_rate_fn is not None:
+      record["learning_rate"] = float(self.learning_rate_fn(done - 1))
+    record["steps_per_sec"] = steps / elapsed
+    record["examples_per_sec"] = record.get("example_count", 0.0) / elapsed
+    record["tokens_per_sec"] = record.get("token_count", 0.0) / elapsed
+    return record
 
 
 def train(
@@ -136,19 +252,15 @@ def train(
     *,
     eval_fn: Callable[[Any], Mapping[str, float | None]] | None = None,
     learning_rate_fn: Callable[[int], Any] | None = None,
-    prepare_batch: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
-    progress: bool | None = None,
-    summary_writer: Any = "auto",
     metric_denominators: Mapping[str, str] | None = None,
-    on_checkpoint: Callable[[int], None] | None = None,
 ) -> Any:
   """Trains from the latest checkpoint in ``workdir`` (or from scratch) to ``config.num_steps``.
 
   Args:
-    config: a ConfigDict with the fields of :func:`default_training_config` (validated here);
-      reads ``num_steps``, ``log_every``, ``eval_every``, ``checkpoint_every``,
-      ``keep_checkpoints``, ``async_checkpointing``. Saved as JSON in the workdir and with every
-      checkpoint.
+    config: a ConfigDict with the fields of :func:`default_training_config` (validated here
+      with :func:`validate_training_config`); reads ``num_steps``, ``log_every``,
+      ``eval_every``, ``checkpoint_every``, ``keep_checkpoints``, ``async_checkpointing``,
+      ``batch_size`` and ``mesh``. Saved as JSON in the workdir and with every checkpoint.
     workdir: the run's directory (created).
     init_state: a freshly initialised train state, or a zero-argument function returning one.
       A checkpoint is restored into its structure (dtypes, shardings, ``apply_fn``, ``tx``).
@@ -160,12 +272,7 @@ def train(
       run every ``eval_every`` steps and at the end.
     learning_rate_fn: the optax schedule, to log ``learning_rate`` (the rate of the latest
       update, ``learning_rate_fn(step - 1)``).
-    prepare_batch: applied to each host batch before it is placed on the mesh.
-    progress: show a tqdm bar; None shows it only when stderr is a terminal.
-    summary_writer: "auto" (TensorBoard in ``workdir/tensorboard`` if installed), None, or an
-      object with ``scalar(tag, value, step)``, ``flush()`` (and optionally ``close()``).
     metric_denominators: passed to :func:`metrics.summarize`.
-    on_checkpoint: called with the step after each checkpoint save has started.
 
   Returns:
     The state after ``config.num_steps`` updates.
@@ -174,13 +281,12 @@ def train(
     FloatingPointError: a step had a NaN/Inf loss or gradient norm (the message names the
       step and the last good checkpoint), or the parameters became non-finite.
   """
-  validate_config(config)
+  validate_training_config(config)
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
   primary = jax.process_index() == 0  # Other hosts write only their checkpoint shards.
   if primary:
     save_config_json(config, os.path.join(workdir, "config.json"))
-  checkpoint_every = int(config.checkpoint_every)
 
   mesh = parallel.make_mesh(config.get("mesh"))
   logging.info("Training on mesh %s (%s devices, %d processes)", dict(mesh.shape),
@@ -188,105 +294,16 @@ def train(
   state = init_state() if callable(init_state) else init_state
   state = parallel.place_state(state, mesh)
   step_fn = parallel.sharded_train_step(train_step, mesh, parallel.state_shardings(state, mesh))
-  feed = _batch_feeder(config, mesh, get_batch, prepare_batch)
+  feed = _batch_feeder(config, mesh, get_batch)
   checkpointer = Checkpointer(
-      os.path.join(workdir, "checkpoints"), save_every=checkpoint_every,
+      os.path.join(workdir, "checkpoints"), save_every=int(config.checkpoint_every),
       keep=int(config.keep_checkpoints), config=config_to_dict(config),
       async_save=bool(config.get("async_checkpointing", True)))
-  log = (metric_writers.JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if primary
-         else _NullLog())
+  run = _Run(config=config, workdir=workdir, primary=primary, train_step=step_fn,
+             get_batch=feed, checkpointer=checkpointer, eval_fn=eval_fn,
+             learning_rate_fn=learning_rate_fn, metric_denominators=metric_denominators)
   try:
     with jax.set_mesh(mesh):
-      return _run(config, workdir, state, step_fn, feed, checkpointer, log, eval_fn,
-                  learning_rate_fn, progress, summary_writer, metric_denominators,
-                  on_checkpoint, primary)
+      return run.train(state)
   finally:
-    log.close()
     checkpointer.close()  # Waits for an async save in flight: it is complete on return.
-
-
-def _run(config, workdir, state, train_step, get_batch, checkpointer, log, eval_fn,
-         learning_rate_fn, progress, summary_writer, metric_denominators, on_checkpoint,
-         primary):
-  """The body of :func:`train` once the mesh, state, step and feeder are set up."""
-  num_steps = int(config.num_steps)
-  log_every = int(config.log_every)
-  eval_every = int(config.eval_every)
-  checkpoint_every = int(config.checkpoint_every)
-  writer = None
-  pbar = None
-  try:
-    state, restored = checkpointer.restore_latest_or(state)
-    start = int(jax.device_get(state.step))
-    if restored is not None and restored != start:
-      raise ValueError(f"checkpoint {restored} holds a state at step {start}")
-    if restored is not None:
-      logging.info("Resuming from step %d in %s", start, workdir)
-    log.truncate_to(start)
-    if not primary:
-      writer = None
-    elif summary_writer == "auto":
-      writer = metric_writers.make_summary_writer(os.path.join(workdir, "tensorboard"))
-    else:
-      writer = summary_writer
-    pbar = metric_writers.make_progress_bar(num_steps, start, progress if primary else False)
-
-    sums = None
-    interval_start, interval_time = start, time.perf_counter()
-    for step in range(start, num_steps):
-      batch = get_batch(step)
-      state, step_sums = train_step(state, batch)
-      sums = step_sums if sums is None else _accumulate(sums, step_sums)
-      pbar.update(1)
-      done = step + 1
-      last = done == num_steps
-      do_log = last or done % log_every == 0
-      do_eval = eval_fn is not None and (last or (eval_every > 0 and done % eval_every == 0))
-      do_save = last or done % checkpoint_every == 0
-      if not (do_log or do_eval or do_save):
-        continue
-
-      host_sums = jax.device_get(sums)  # The only host sync, once per interval.
-      _raise_if_nonfinite(host_sums, interval_start, step, checkpointer)
-
-      if do_log:
-        now = time.perf_counter()
-        elapsed = max(now - interval_time, 1e-9)
-        record = {"step": done, "split": "train"}
-        record.update(metrics_lib.summarize(host_sums, metric_denominators))
-        if learning_rate_fn is not None:
-          record["learning_rate"] = float(learning_rate_fn(done - 1))
-        record["steps_per_sec"] = (done - interval_start) / elapsed
-        record["examples_per_sec"] = record.get("example_count", 0.0) / elapsed
-        record["tokens_per_sec"] = record.get("token_count", 0.0) / elapsed
-        log.write(record)
-        metric_writers.write_scalars(writer, done, record, prefix="train/")
-        loss = record.get("loss")
-        pbar.set_postfix({"loss": "n/a" if loss is None else f"{loss:.4g}",
-                          "steps/s": f"{record['steps_per_sec']:.3g}",
-                          "ex/s": f"{record['examples_per_sec']:.3g}"}, refresh=False)
-        sums = None
-        interval_start, interval_time = done, time.perf_counter()
-
-      side_start = time.perf_counter()  # Evaluation and saving are not counted in throughput.
-      if do_eval:
-        result = dict(eval_fn(state))
-        log.write({"step": done, "split": "eval", **result})
-        metric_writers.write_scalars(writer, done, result, prefix="eval/")
-        if last and primary:
-          atomic_write_text(os.path.join(workdir, "final_eval.json"),
-                            json.dumps({"step": done, **result}, indent=2) + "\n")
-
-      if do_save:
-        if not bool(_all_finite(state.params)):
-          raise FloatingPointError(
-              f"parameters are not finite after step {step}; {_last_good(checkpointer)}")
-        if checkpointer.save(done, state, force=True) and on_checkpoint is not None:
-          on_checkpoint(done)
-      interval_time += time.perf_counter() - side_start
-    return state
-  finally:
-    if pbar is not None:
-      pbar.close()
-    if writer is not None and hasattr(writer, "close"):
-      writer.close()

@@ -1,9 +1,12 @@
-"""Where host-side metrics go: a JSONL log, TensorBoard (when installed) and a tqdm bar.
+"""Where host-side metrics go: a JSONL log, TensorBoard event files and a tqdm bar.
 
 ``metrics.jsonl`` holds one JSON object per line, each with ``"step"`` and ``"split"``
 (``"train"`` or ``"eval"``). On resume from a checkpoint at step ``k`` the log is truncated to
 the lines with ``step <= k`` (lines written after the checkpoint by a run that then died are
 dropped, and so is a torn last line), then appended to: the log never holds duplicates.
+
+TensorBoard scalars are written with ``tensorboardX`` (no TensorFlow needed). A failure to write
+them is an error like any other: it is raised, not skipped.
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Mapping
 
-from attention_jax.training.config_validation import atomic_write_text
+from tensorboardX import event_file_writer
+from tensorboardX import summary as tb_summary
+from tensorboardX.proto import event_pb2
+
+from attention_jax.training.run_files import atomic_write_text
 
 
 def _jsonable(value: Any) -> Any:
@@ -67,49 +75,50 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   return records
 
 
-class _TensorboardXWriter:
+class SummaryWriter:
+  """TensorBoard scalars in an event file ``logdir/events.out.tfevents.*``, written by the
+  calling thread with tensorboardX's event-file writer.
 
-  def __init__(self, logdir: str):
-    import tensorboardX  # pylint: disable=import-outside-toplevel
-    self._writer = tensorboardX.SummaryWriter(logdir)
+  (``tensorboardX.SummaryWriter`` writes from a background thread, where a failed write is
+  printed rather than raised and the training then blocks on the writer's full queue. Here a
+  write that fails raises in the caller. Metrics are written once per log interval, so writing
+  in the loop's thread costs a few small writes.)
 
-  def scalar(self, tag: str, value: float, step: int) -> None:
-    self._writer.add_scalar(tag, value, step)
+  ``purge_step``: TensorBoard hides the events at this step and later that earlier event files
+  in ``logdir`` hold (a run resumed from a checkpoint rewrites them).
+  """
+
+  def __init__(self, logdir: str | os.PathLike, purge_step: int | None = None):
+    logdir = os.fspath(logdir)
+    os.makedirs(logdir, exist_ok=True)
+    # The suffix tells apart (and orders) two writers opened in the same second.
+    self._events = event_file_writer.EventsWriter(
+        os.path.join(logdir, "events"), filename_suffix=f".{time.time_ns()}")
+    if purge_step is not None:
+      self._events.write_event(event_pb2.Event(
+          step=int(purge_step), wall_time=time.time(),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    self._events.write_event(event_pb2.Event(
+        step=int(step), wall_time=time.time(), summary=tb_summary.scalar(tag, float(value))))
 
   def flush(self) -> None:
-    self._writer.flush()
+    self._events.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    self._events.close()
 
 
-def make_summary_writer(logdir: str | os.PathLike):
-  """A TensorBoard writer with ``scalar(tag, value, step)``, ``flush()``, ``close()``; or None.
-
-  Tries ``tensorboardX``, then ``flax.metrics.tensorboard`` (needs TensorFlow); returns None
-  silently when neither imports.
-  """
-  logdir = os.fspath(logdir)
-  try:
-    return _TensorboardXWriter(logdir)
-  except Exception:  # pylint: disable=broad-except
-    pass
-  try:
-    from flax.metrics import tensorboard  # pylint: disable=import-outside-toplevel
-    return tensorboard.SummaryWriter(logdir)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def write_scalars(writer, step: int, record: Mapping[str, Any], prefix: str = "") -> None:
-  """Writes every finite number of ``record`` (except ``step``) as ``<prefix><key>``."""
-  if writer is None:
-    return
+def write_scalars(writer: SummaryWriter, step: int, record: Mapping[str, Any],
+                  prefix: str = "") -> None:
+  """Writes every finite number of ``record`` (except ``step``) as ``<prefix><key>``, then
+  flushes."""
   for key, value in record.items():
     if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
       continue
     if math.isfinite(value):
-      writer.scalar(prefix + key, float(value), step)
+      writer.add_scalar(prefix + key, float(value), step)
   writer.flush()
 
 

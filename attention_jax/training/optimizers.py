@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import optax
 
-from attention_jax.training.config_validation import OPTIMIZERS, SCHEDULES
+from attention_jax.training.config import OPTIMIZERS, SCHEDULES
 
 
 def warmup_rsqrt_schedule(peak_value: float, warmup_steps: int) -> optax.Schedule:

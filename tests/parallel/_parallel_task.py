@@ -52,7 +52,7 @@ def make_model(kind: str = "lm"):
   """The tiny LM (``"lm"``), or (``"mlp"``) a per-token MLP over embeddings, a model that
   compiles in a fraction of the time for the tests that only exercise the machinery."""
   import flax.linen as nn
-  from attention_jax.models import transformer as tf
+  from attention_jax.models import transformer
 
   if kind == "mlp":
     class TokenMLP(nn.Module):
@@ -64,7 +64,7 @@ def make_model(kind: str = "lm"):
         return nn.Dense(VOCAB)(x)
 
     return TokenMLP()
-  return tf.DecoderOnlyLM(tf.TransformerConfig(
+  return transformer.DecoderOnlyLM(transformer.TransformerConfig(
       vocab_size=VOCAB, features=32, num_heads=4, num_kv_heads=2, mlp_dim=64, num_layers=1,
       max_length=CONTEXT, positions="rotary", pre_norm=True, dropout_rate=0.1,
       implementation="ring"))
@@ -198,8 +198,7 @@ def train_params(workdir: str, num_steps: int, mesh: str = "", model: str = "lm"
   init_state, train_step = build(config, model)
   state = training.train(
       config, workdir, init_state, train_step,
-      lambda step, rows=None: make_batch(config.seed, step, rows=rows),
-      progress=False, summary_writer=None)
+      lambda step, rows=None: make_batch(config.seed, step, rows=rows))
   return state, flat_params(jax.device_get(state.params), "")
 
 

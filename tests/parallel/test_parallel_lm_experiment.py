@@ -18,7 +18,7 @@ def _run(workdir, devices, *overrides):
   env["JAX_PLATFORMS"] = "cpu"
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   cmd = [sys.executable, "-m", "experiments.transformer_lm",
-         "--config=experiments/configs/transformer_lm.py:tiny", f"--workdir={workdir}",
+         "--config=experiments/transformer_lm/config.py:tiny", f"--workdir={workdir}",
          "--config.num_steps=6", "--config.warmup_steps=2", "--config.log_every=3",
          "--config.sample.num_tokens=4", *overrides]
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -8,7 +8,6 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from attention_jax import parallel, training
-from attention_jax.training import config_validation
 
 
 def _abstract(data=1, fsdp=1, sequence=1):
@@ -44,15 +43,15 @@ def test_bad_mesh_sizes_name_the_field(mesh, devices, message):
     parallel.mesh_shape(mesh, devices)
 
 
-def test_config_validation_checks_the_mesh_before_training():
+def test_validate_training_config_checks_the_mesh_before_training():
   config = training.default_training_config()
   config.mesh.fsdp = 0
   with pytest.raises(ValueError, match="config.mesh.fsdp must be >= 1"):
-    training.validate_config(config)
+    training.validate_training_config(config)
   config.mesh.fsdp = 1
   config.mesh.data = jax.device_count() + 1
   with pytest.raises(ValueError, match="must equal the number of devices"):
-    training.validate_config(config)
+    training.validate_training_config(config)
 
 
 def test_make_mesh_on_this_process():
@@ -171,7 +170,7 @@ def test_distributed_settings_from_arguments_and_environment(monkeypatch):
 def test_config_flags_define_the_distributed_flags():
   from absl import flags
   flag_values = flags.FlagValues()
-  config_validation.define_config_flags(flag_values=flag_values)
+  training.define_config_flags(flag_values=flag_values)
   flag_values(["prog", "--num_processes=2", "--process_id=1",
                "--coordinator_address=host:9"])
   assert (flag_values.num_processes, flag_values.process_id,

@@ -5,10 +5,11 @@ Importable (``build_task``) and runnable as a script, so a test can train in a *
   python _training_task.py --workdir W --num_steps N --checkpoint_every C \
       --order_file F --params_out P [--sleep S]
 
-The script prints ``checkpoint <step>`` (flushed) after each checkpoint save starts, appends the
-step of every ``get_batch`` call to ``--order_file`` and writes the final params to
-``--params_out`` (``.npz``). ``--stop_at K`` ends the run cleanly when step ``K`` is asked for
-(after the loop has finalised its checkpoints), as a run cut short on purpose.
+The script prints ``checkpoint <step>`` (flushed) once each checkpoint save has started: the loop
+starts saving checkpoint ``k`` before it asks for batch ``k``, and saves the last one before it
+returns. It appends the step of every ``get_batch`` call to ``--order_file`` and writes the
+final params to ``--params_out`` (``.npz``). ``--stop_at K`` ends the run cleanly when step
+``K`` is asked for (after the loop has finalised its checkpoints), as a run cut short on purpose.
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def main(argv=None):
   config = make_config(num_steps=args.num_steps, checkpoint_every=args.checkpoint_every)
   init_state, train_step, get_batch, _, schedule = build_task(config)
 
+  asked = []
+
   def logged_get_batch(step):
+    if asked and step % args.checkpoint_every == 0:  # not the step a resumed run starts from
+      print(f"checkpoint {step}", flush=True)
+    asked.append(step)
     if step == args.stop_at:
       raise _Stop()
     with open(args.order_file, "a") as f:
@@ -132,13 +138,10 @@ def main(argv=None):
       time.sleep(args.sleep)
     return get_batch(step)
 
-  def on_checkpoint(step):
-    print(f"checkpoint {step}", flush=True)
-
   try:
     state = training.train(config, args.workdir, init_state, train_step, logged_get_batch,
-                           learning_rate_fn=schedule, progress=False, summary_writer=None,
-                           on_checkpoint=on_checkpoint)
+                           learning_rate_fn=schedule)
+    print(f"checkpoint {args.num_steps}", flush=True)
   except _Stop:
     print("stopped", flush=True)
     return

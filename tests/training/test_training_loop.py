@@ -1,7 +1,10 @@
 """The train() loop in-process: outputs, exact resume after a crash, log truncation, NaN stop."""
 
+import glob
 import json
 import os
+import struct
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,26 +14,47 @@ import pytest
 
 from _training_task import build_task, make_config, params_to_numpy
 from attention_jax import training
+from tensorboardX import event_file_writer
+from tensorboardX.proto import event_pb2
 
 
 class _Crash(Exception):
   pass
 
 
-class _FakeWriter:
+def _tensorboard_scalars(logdir):
+  """``{tag: [(step, value), ...]}`` as TensorBoard shows the event files in ``logdir``: read in
+  name order, a START session log at step ``s`` hides what earlier files logged at ``s`` and
+  later."""
+  scalars = {}
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecords: length (u64), its crc (u32), data, data crc (u32)
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.session_log.status == event_pb2.SessionLog.START:
+        for tag, points in scalars.items():
+          scalars[tag] = [(step, v) for step, v in points if step < event.step]
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
 
-  def __init__(self):
-    self.scalars = []
-    self.closed = False
 
-  def scalar(self, tag, value, step):
-    self.scalars.append((tag, value, step))
-
-  def flush(self):
-    pass
-
-  def close(self):
-    self.closed = True
+def _assert_tensorboard_matches_log(workdir):
+  """TensorBoard holds every number of metrics.jsonl (``<split>/<key>``), and nothing else."""
+  want = {}
+  for record in training.read_jsonl(workdir / "metrics.jsonl"):
+    for key, value in record.items():
+      if key not in ("step", "split"):
+        want.setdefault(f"{record['split']}/{key}", []).append((record["step"], value))
+  got = _tensorboard_scalars(workdir / "tensorboard")
+  assert sorted(got) == sorted(want)
+  for tag in want:
+    assert [s for s, _ in got[tag]] == [s for s, _ in want[tag]], tag
+    assert [v for _, v in got[tag]] == pytest.approx([v for _, v in want[tag]], rel=1e-6), tag
 
 
 def _run(config, workdir, crash_at=None, poison_step=None, **kwargs):
@@ -44,8 +68,6 @@ def _run(config, workdir, crash_at=None, poison_step=None, **kwargs):
       raise _Crash(step)
     return get_batch(step)
 
-  kwargs.setdefault("progress", False)
-  kwargs.setdefault("summary_writer", None)
   state = training.train(config, workdir, init_state, train_step, batches,
                          learning_rate_fn=schedule, **kwargs)
   return state, order
@@ -56,17 +78,16 @@ def _eval_fn(config):
   return lambda state: training.evaluate(eval_step, state, (get_batch(10**6 + i) for i in range(3)))
 
 
-def test_train_writes_metrics_eval_checkpoints_and_nothing_else(tmp_path, capsys):
+def test_train_writes_metrics_eval_checkpoints_and_nothing_else(tmp_path, capsys, monkeypatch):
   config = make_config(num_steps=20, log_every=5, checkpoint_every=5, keep_checkpoints=2,
                        eval_every=10)
   workdir = tmp_path / "run"
-  writer = _FakeWriter()
-  state, order = _run(config, workdir, eval_fn=_eval_fn(config), summary_writer=writer,
-                      progress=True)
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar shows on a terminal
+  state, order = _run(config, workdir, eval_fn=_eval_fn(config))
   assert int(state.step) == 20 and order == list(range(20))
   assert os.listdir(tmp_path) == ["run"]
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "final_eval.json",
-                                         "metrics.jsonl"]
+                                         "metrics.jsonl", "tensorboard"]
   assert sorted(os.listdir(workdir / "checkpoints")) == ["15", "20"]
   assert json.loads((workdir / "config.json").read_text())["num_steps"] == 20
 
@@ -89,10 +110,32 @@ def test_train_writes_metrics_eval_checkpoints_and_nothing_else(tmp_path, capsys
   final = json.loads((workdir / "final_eval.json").read_text())
   assert final == {k: v for k, v in eval_lines[-1].items() if k != "split"}
 
-  tags = {(tag, step) for tag, _, step in writer.scalars}
-  assert {("train/loss", 5), ("train/learning_rate", 20), ("eval/accuracy", 10)} <= tags
-  assert writer.closed
+  _assert_tensorboard_matches_log(workdir)
+  scalars = _tensorboard_scalars(workdir / "tensorboard")
+  assert [s for s, _ in scalars["train/loss"]] == [5, 10, 15, 20]
+  assert [s for s, _ in scalars["eval/accuracy"]] == [10, 20]
   assert "20/20" in capsys.readouterr().err  # the progress bar
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+  _run(make_config(num_steps=4, log_every=2, checkpoint_every=4), tmp_path)
+  assert "4/4" not in capsys.readouterr().err
+
+
+def test_a_metric_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch):
+  config = make_config(num_steps=4, log_every=2, checkpoint_every=4)
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "tensorboard").write_text("a file where the event directory goes")
+  with pytest.raises(FileExistsError):
+    _run(config, tmp_path / "a")
+
+  def no_space(self):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(event_file_writer.EventsWriter, "flush", no_space)
+  with pytest.raises(OSError, match="No space left on device"):
+    _run(config, tmp_path / "b")
+  assert [r["step"] for r in training.read_jsonl(tmp_path / "b" / "metrics.jsonl")] == [2]
 
 
 def test_crash_and_resume_gives_the_same_trajectory_metrics_and_data_order(tmp_path):
@@ -123,19 +166,20 @@ def test_crash_and_resume_gives_the_same_trajectory_metrics_and_data_order(tmp_p
   for got, want in zip(log, ref_log):
     for key in ("step", "loss", "accuracy", "learning_rate", "grad_norm", "token_count"):
       assert got[key] == want[key], (got["step"], key)
+  # TensorBoard hides what the crashed run logged after checkpoint 10, as the log drops it.
+  assert len(glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))) == 2
+  _assert_tensorboard_matches_log(workdir)
 
 
 def test_finished_run_restores_and_returns_without_training(tmp_path):
   config = make_config(num_steps=6, log_every=3, checkpoint_every=3)
-  first, _ = _run(config, tmp_path, summary_writer="auto")
-  if training.make_summary_writer(tmp_path / "probe") is None:  # no tensorboardX / TF here
-    assert not os.path.exists(tmp_path / "tensorboard")
-    assert not os.path.exists(tmp_path / "probe")
+  first, _ = _run(config, tmp_path)
   again, order = _run(config, tmp_path)
   assert order == [] and int(again.step) == 6
   np.testing.assert_array_equal(params_to_numpy(again.params)["['Dense_0']['kernel']"],
                                 params_to_numpy(first.params)["['Dense_0']['kernel']"])
   assert [r["step"] for r in training.read_jsonl(tmp_path / "metrics.jsonl")] == [3, 6]
+  _assert_tensorboard_matches_log(tmp_path)
 
 
 @pytest.mark.parametrize("log_every", [10, 1000])
@@ -169,5 +213,4 @@ def test_nonfinite_gradient_with_finite_loss_is_caught(tmp_path):
   with pytest.raises(FloatingPointError,
                      match=r"^gradient norm is nan \(loss 0.0\) at step 5; the last good "
                            r"checkpoint is step 4 in "):
-    training.train(config, tmp_path, state, training.make_train_step(loss_fn), get_batch,
-                   progress=False, summary_writer=None)
+    training.train(config, tmp_path, state, training.make_train_step(loss_fn), get_batch)

@@ -1,0 +1,304 @@
+r"""Image captioning with soft attention (Show, Attend and Tell) on the shapes captions dataset.
+
+Trains a :class:`attention_jax.models.captioning.Captioner` (CNN grid, attention LSTM with the
+gating scalar and the doubly stochastic regulariser), decodes the test split and writes into
+``--workdir``:
+
+  checkpoints/, metrics.jsonl   the run (resumed automatically)
+  eval.json                     BLEU-1..4, exact-caption accuracy, attention localisation against
+                                the uniform-map baseline, wall time; ``test`` decoded with
+                                ``eval.beam_size`` and, when that is > 1, ``test_greedy``
+  attention_<i>.png             the image, then each generated word's attention over it
+  captions.png                  a grid of test images with their generated captions
+
+With ``--config.data.dataset=coco_captions`` (or the ``:coco`` preset) the same model trains on a
+TFDS catalog captioning dataset read through ``tfds.data_source`` (internet needed the first
+time): BLEU is computed against all references of an image, localisation is skipped (the
+catalog has no box per generated word).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax import decoding
+from attention_jax import plotting
+from attention_jax import training
+from attention_jax.data import shapes_captions
+from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from attention_jax.models import captioning
+
+from . import catalog
+from . import config as config_lib
+from . import evaluation
+from .config import CATALOG, EMBEDDED, image_size
+
+
+def make_model(config,
+               vocab_size: int = shapes_captions.WordTokenizer.vocab_size) -> captioning.Captioner:
+  m = config.model
+  return captioning.Captioner(
+      vocab_size=vocab_size, embed_dim=m.embed_dim, hidden_dim=m.hidden_dim,
+      attention_dim=m.attention_dim, channels=tuple(m.channels), strides=tuple(m.strides),
+      gate=m.gate, coordinates=m.coordinates, dropout_rate=m.dropout_rate,
+      init_dropout_rate=m.init_dropout_rate, coverage=m.coverage,
+      grid_coordinates=m.grid_coordinates, normalize=m.normalize)
+
+
+def split_arrays(config, split: str) -> dict[str, np.ndarray]:
+  """A split's images, boxes and teacher-forcing arrays (the datasets fit in memory)."""
+  source = shapes_captions.load_shapes_captions(split, config.data.data_dir,
+                                                config.data.dataset_config)
+  arrays = shapes_captions.load_arrays(source)
+  arrays.update(shapes_captions.encode_captions(list(arrays["caption"]),
+                                                config.data.max_caption_len))
+  return arrays
+
+
+class CatalogSplit:
+  """A catalog split for the loop: lazy images, references, and teacher-forcing batches.
+
+  Training batches use one reference per image, chosen by ``(epoch + row) mod references``, so
+  every reference is seen over the epochs; captions longer than ``max_len - 1`` words are cut.
+  """
+
+  def __init__(self, captions: catalog.CatalogCaptions, tokenizer: catalog.CaptionVocabulary,
+               max_len: int):
+    self.captions, self.tokenizer, self.max_len = captions, tokenizer, max_len
+
+  def __len__(self) -> int:
+    return len(self.captions)
+
+  def take(self, rows, epoch: int = 0) -> dict[str, np.ndarray]:
+    images, references = self.captions.read(rows)
+    chosen = [refs[(epoch + int(r)) % len(refs)] if refs else ""
+              for r, refs in zip(rows, references)]
+    words = [" ".join(catalog.caption_words(c)[:self.max_len - 1]) for c in chosen]
+    encoded = _encode(self.tokenizer, words, self.max_len)
+    return {"image": images, **encoded}
+
+
+def _encode(tokenizer, captions, max_len: int) -> dict[str, np.ndarray]:
+  n = len(captions)
+  inputs = np.full((n, max_len), PAD_ID, np.int32)
+  targets = np.full((n, max_len), PAD_ID, np.int32)
+  for i, text in enumerate(captions):
+    ids = tokenizer.encode(text, add_eos=True)
+    targets[i, :len(ids)] = ids
+    inputs[i, :len(ids)] = [BOS_ID] + ids[:-1]
+  return {"decoder_inputs": inputs, "targets": targets, "target_mask": targets != PAD_ID}
+
+
+def load_catalog(config):
+  """``(train, validation, test, tokenizer)`` of a catalog dataset: :class:`CatalogSplit` each,
+  the vocabulary built from the references of the first ``data.vocab_examples`` train images."""
+  splits = CATALOG[config.data.dataset]
+  sources = [catalog.CatalogCaptions(catalog.load_catalog_captions(config.data.dataset, s,
+                                                         config.data.data_dir),
+                                image_size(config)) for s in splits]
+  rows = range(min(len(sources[0]), config.data.vocab_examples))
+  texts = [t for refs in sources[0].references(rows) for t in refs]
+  tokenizer = catalog.CaptionVocabulary.build(texts, config.data.vocab_size)
+  return (*(CatalogSplit(s, tokenizer, config.data.max_caption_len) for s in sources), tokenizer)
+
+
+def batch_at(data, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
+  """The batch of ``step``: a pure function of (seed, step), each epoch a fresh permutation.
+  ``data`` is a split's arrays (dict) or a :class:`CatalogSplit`."""
+  n = len(data) if isinstance(data, CatalogSplit) else len(data["image"])
+  per_epoch = n // batch_size
+  if per_epoch == 0:
+    raise ValueError(f"batch_size {batch_size} exceeds the {n} training examples")
+  epoch, offset = divmod(step, per_epoch)
+  order = np.random.default_rng((seed, epoch)).permutation(n)
+  rows = order[offset * batch_size:(offset + 1) * batch_size]
+  if isinstance(data, CatalogSplit):
+    return data.take(rows, epoch)
+  return {k: data[k][rows] for k in ("image", "decoder_inputs", "targets", "target_mask")}
+
+
+def losses(model, params, batch, penalty: float, deterministic: bool, rng=None):
+  """``(loss, sums)``: token cross-entropy + ``penalty * mean_b doubly_stochastic_penalty``."""
+  logits, weights = model.apply({"params": params}, batch["image"], batch["decoder_inputs"],
+                                deterministic=deterministic,
+                                rngs=None if rng is None else {"dropout": rng})
+  sums = training.classification_sums(logits, batch["targets"], batch["target_mask"])
+  reg = captioning.doubly_stochastic_penalty(weights, batch["target_mask"])
+  loss = sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0) + penalty * reg.mean()
+  return loss, {**sums, "attention_penalty_sum": reg.sum(),
+                "example_count": jnp.float32(reg.shape[0])}
+
+
+_DENOMINATORS = {"attention_penalty_sum": "example_count"}
+
+
+def train_model(config, workdir: str, model, train_arrays, val_arrays):
+  """Trains (or resumes) in ``workdir``; returns the final train state."""
+  example = batch_at(train_arrays, config.batch_size, config.seed, 0)
+  params = model.init(jax.random.key(config.seed), example["image"],
+                      example["decoder_inputs"])["params"]
+  tx, schedule = training.make_optimizer(config)
+  penalty = float(config.model.attention_penalty)
+
+  def loss_fn(params, batch, rng):
+    return losses(model, params, batch, penalty, deterministic=False, rng=rng)
+
+  def metrics_fn(params, batch):
+    return losses(model, params, batch, penalty, deterministic=True)[1]
+
+  eval_step = training.make_eval_step(metrics_fn)
+  size = config.eval.batch_size
+  keys = ("image", "decoder_inputs", "targets", "target_mask")
+  if isinstance(val_arrays, CatalogSplit):  # the first 1,000 validation images
+    count = min(len(val_arrays), 1000)
+    val_batches = [val_arrays.take(np.arange(i, min(i + size, count)))
+                   for i in range(0, count, size)]
+  else:
+    val_batches = [{k: val_arrays[k][i:i + size] for k in keys}
+                   for i in range(0, len(val_arrays["image"]), size)]
+  return training.train(
+      config, workdir,
+      lambda: training.create_train_state(params, tx, seed=config.seed + 1, apply_fn=model.apply),
+      training.make_train_step(loss_fn),
+      lambda step: batch_at(train_arrays, config.batch_size, config.seed, step),
+      eval_fn=lambda state: training.evaluate(eval_step, state, val_batches,
+                                              denominators=_DENOMINATORS),
+      learning_rate_fn=schedule, metric_denominators=_DENOMINATORS)
+
+
+def make_decoder(model, beam_size: int, max_len: int):
+  """A jitted ``(params, images) -> (tokens [B, max_len], attention [B, max_len, N])``: greedy
+  decoding (``beam_size == 1``) or beam search, the maps those of the returned words (for beam
+  search, the attention history of the best beam)."""
+
+  @jax.jit
+  def decode(params, images):
+    init_fn, step_fn = captioning.decoding_fns(model, {"params": params}, images)
+    batch = images.shape[0]
+    if beam_size == 1:
+      return decoding.greedy_decode(init_fn, step_fn, batch, max_len, BOS_ID, EOS_ID, PAD_ID)
+    tokens, _, attention = decoding.beam_search(init_fn, step_fn, batch, beam_size, max_len,
+                                                BOS_ID, EOS_ID, pad_id=PAD_ID)
+    return tokens, attention
+
+  return decode
+
+
+def evaluate_test(config, model, params, test, beam_size: int | None = None,
+                  tokenizer=None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Decodes the test split (``beam_size`` default ``config.eval.beam_size``); returns
+  ``(scores, decoded)``. On a catalog split BLEU uses every reference, a caption is exact when it
+  equals one of them, and localisation is skipped (no boxes)."""
+  catalog = isinstance(test, CatalogSplit)
+  n = len(test) if catalog else len(test["image"])
+  if config.eval.max_examples:
+    n = min(n, config.eval.max_examples)
+  beam_size = config.eval.beam_size if beam_size is None else beam_size
+  decode = make_decoder(model, beam_size, config.data.max_caption_len)
+  tok = tokenizer or shapes_captions.WordTokenizer()
+  grid = model.grid_shape(image_size(config))
+  words, maps, refs = [], [], []
+  for i in range(0, n, config.eval.batch_size):
+    rows = np.arange(i, min(i + config.eval.batch_size, n))
+    if catalog:
+      images, references = test.captions.read(rows)
+      refs += [[catalog.caption_words(r) for r in rs] for rs in references]
+    else:
+      images = test["image"][rows]
+      refs += [[str(c).split()] for c in test["caption"][rows]]
+    tokens, attention = decode(params, images)
+    words += [tok.tokens(row) for row in np.asarray(tokens)]
+    maps += list(np.asarray(attention).reshape(len(tokens), -1, *grid))
+  scores = {f"bleu_{k}": 100 * evaluation.corpus_bleu_multi(refs, words, k)
+            for k in range(1, 5)}
+  scores["exact_caption_accuracy"] = float(np.mean([w in r for w, r in zip(words, refs)]))
+  scores["decoding"] = "greedy" if beam_size == 1 else f"beam search, beam {beam_size}"
+  if catalog:
+    scores["localisation"] = {"skipped": "the catalog dataset has no box per generated word"}
+  else:
+    scores["grammatical_fraction"] = float(np.mean(
+        [shapes_captions.parse_caption(" ".join(w)) is not None for w in words]))
+    scores["localisation"] = evaluation.localisation(
+        words, maps, test["objects"][:n], test["num_objects"][:n], test["boxes"][:n],
+        shapes_captions.IMAGE_SIZE)
+  scores["num_examples"] = n
+  return scores, {"words": words, "maps": maps, "references": refs}
+
+
+def write_figures(workdir: str, config, test, decoded) -> list[str]:
+  """``attention_<i>.png`` (image, then each word's map; boxes where known) and
+  ``captions.png``."""
+  catalog = isinstance(test, CatalogSplit)
+  count = max(min(config.eval.num_overlays, len(decoded["words"])),
+              min(config.eval.num_grid, len(decoded["words"])))
+  images = test.captions.images(range(count)) if catalog else test["image"][:count]
+  paths = []
+  for i in range(min(config.eval.num_overlays, len(decoded["words"]))):
+    words = decoded["words"][i]
+    if len(words) < len(decoded["maps"][i]):
+      words = words + ["<eos>"]
+    boxes = None if catalog else test["boxes"][i, :int(test["num_objects"][i])]
+    truth = " ".join(decoded["references"][i][0])
+    paths.append(plotting.plot_attention_overlay(
+        images[i], decoded["maps"][i], words, os.path.join(workdir, f"attention_{i}.png"),
+        boxes=boxes, title=f"truth: {truth}"))
+  count = min(config.eval.num_grid, len(decoded["words"]))
+  if count:
+    paths.append(plotting.plot_caption_grid(
+        images[:count], [" ".join(w) for w in decoded["words"][:count]],
+        os.path.join(workdir, "captions.png")))
+  return paths
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates on the test split, plots; returns (and writes) the eval results."""
+  config_lib.validate(config)
+  start_time = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  if config.data.dataset == EMBEDDED:
+    train_arrays, val_arrays, test = (split_arrays(config, s) for s in shapes_captions.SPLITS)
+    tokenizer = shapes_captions.WordTokenizer()
+  else:
+    train_arrays, val_arrays, test, tokenizer = load_catalog(config)
+  model = make_model(config, tokenizer.vocab_size)
+  train_start = time.perf_counter()
+  state = train_model(config, workdir, model, train_arrays, val_arrays)
+  train_seconds = time.perf_counter() - train_start
+  eval_start = time.perf_counter()
+  scores, decoded = evaluate_test(config, model, state.params, test, tokenizer=tokenizer)
+  results = {"config": training.config_to_dict(config),
+             "parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
+             "train_seconds_this_run": round(train_seconds, 1), "test": scores}
+  if config.eval.beam_size > 1:  # greedy beside beam search, same model and images
+    results["test_greedy"] = evaluate_test(config, model, state.params, test, beam_size=1,
+                                           tokenizer=tokenizer)[0]
+  results["eval_seconds"] = round(time.perf_counter() - eval_start, 1)
+  results["examples"] = [{"truth": " ".join(decoded["references"][i][0]),
+                          "generated": " ".join(decoded["words"][i])}
+                         for i in range(min(10, len(decoded["words"])))]
+  results["figures"] = write_figures(workdir, config, test, decoded)
+  results["wall_seconds_this_run"] = round(time.perf_counter() - start_time, 1)
+  training.write_eval_json(workdir, results)
+  for key in ("test", "test_greedy"):
+    if key in results:
+      print(summary_line(results[key]), flush=True)
+  return results
+
+
+def summary_line(scores) -> str:
+  """One line: decoding, BLEU-4, exact captions, localisation against the uniform map."""
+  line = (f"test ({scores['decoding']}): BLEU-4 {scores['bleu_4']:.1f}, exact "
+          f"{scores['exact_caption_accuracy']:.3f}")
+  loc = scores["localisation"]
+  if "mean_mass_in_box" in loc:
+    line += (f", attention in box {loc['mean_mass_in_box']:.3f} vs uniform "
+             f"{loc['uniform_baseline']:.3f}")
+  return line
+
+

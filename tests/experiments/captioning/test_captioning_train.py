@@ -1,0 +1,102 @@
+"""The captioning experiment: BLEU by hand, localisation on hand-made maps, word-to-object
+matching, config checks, and the tiny config end to end."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments.captioning import train as captioning
+from experiments.captioning import evaluation
+from experiments.captioning import config as configs
+
+
+def test_bleu_against_a_hand_computation():
+  ref = "the cat is on the mat".split()
+  hyp = "the cat the cat on the mat".split()
+  # Clipped n-gram matches, counted by hand:
+  # 1-grams of hyp: the x3, cat x2, on, mat; ref: the x2, cat, is, on, mat -> 2+1+1+1 = 5 / 7
+  # 2-grams of hyp: the cat x2, cat the, cat on, on the, the mat; ref: the cat, cat is, is on,
+  #   on the, the mat -> 1 + 1 + 1 = 3 / 6
+  # 3-grams: the cat the, cat the cat, the cat on, cat on the, on the mat -> "on the mat" = 1 / 5
+  # 4-grams: the cat the cat, cat the cat on, the cat on the, cat on the mat -> 0 / 4
+  assert evaluation.corpus_bleu([ref], [hyp], 1) == pytest.approx(5 / 7)
+  assert evaluation.corpus_bleu([ref], [hyp], 2) == pytest.approx(math.sqrt(5 / 7 * 3 / 6))
+  assert evaluation.corpus_bleu([ref], [hyp], 3) == pytest.approx((5 / 7 * 3 / 6 * 1 / 5) ** (1 / 3))
+  assert evaluation.corpus_bleu([ref], [hyp], 4) == 0.0
+  assert evaluation.corpus_bleu([ref], [ref], 4) == pytest.approx(1.0)
+
+
+def test_bleu_brevity_penalty_and_corpus_pooling():
+  refs = ["a b c d e f".split(), "a b".split()]
+  hyps = ["a b c".split(), "a b".split()]
+  # every n-gram matches; c = 5, r = 8 -> BP = exp(1 - 8 / 5)
+  assert evaluation.corpus_bleu(refs, hyps, 2) == pytest.approx(math.exp(1 - 8 / 5))
+  # pooled, not averaged: 1-gram precision (2 + 1) / (3 + 2) over the corpus
+  hyps = ["a x y".split(), "a z".split()]
+  assert evaluation.corpus_bleu(refs, hyps, 1) == pytest.approx(2 / 5 * math.exp(1 - 8 / 5))
+  with pytest.raises(ValueError, match="references"):
+    evaluation.corpus_bleu(refs, hyps[:1])
+
+
+def test_mass_in_box_on_hand_made_maps():
+  grid = np.zeros((4, 4))
+  grid[1, 2] = 1.0  # the cell covering pixels rows 12-23, columns 24-35 of a 48-pixel image
+  assert evaluation.mass_in_box(grid, (12, 24, 24, 36), 48) == pytest.approx(1.0)
+  assert evaluation.mass_in_box(grid, (12, 24, 18, 36), 48) == pytest.approx(0.5)
+  uniform = np.full((4, 4), 1 / 16)
+  assert evaluation.mass_in_box(uniform, (5, 7, 21, 23), 48) == pytest.approx(16 * 16 / 48 ** 2)
+
+
+def test_named_objects_and_localisation_score():
+  # a large red circle, a small blue square
+  objects = np.array([[1, 0, 0], [0, 2, 1], [0, 0, 0], [0, 0, 0]])
+  words = "a large red circle left of a small blue square".split()
+  assert evaluation.named_objects(words, objects, 2) == [None, 0, 0, 0, None, None, None, 1, 1, 1]
+  # a wrong size still names the object by colour and shape; an absent object names nothing
+  words = "a small red circle left of a large green triangle".split()
+  assert evaluation.named_objects(words, objects, 2) == [None, 0, 0, 0] + [None] * 6
+  boxes = np.zeros((1, 4, 4), int)
+  boxes[0, 0], boxes[0, 1] = (0, 0, 24, 24), (24, 24, 48, 48)
+  maps = np.zeros((10, 2, 2))
+  maps[:, 0, 0] = 1.0  # every step looks at the top-left object
+  words = "a large red circle left of a small blue square".split()
+  result = evaluation.localisation([words], [maps], objects[None], np.array([2]), boxes, 48)
+  assert result["num_words"] == 6
+  assert result["mean_mass_in_box"] == pytest.approx(0.5)
+  assert result["uniform_baseline"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model.attention_penalty", -1.0, "attention_penalty"),
+    ("eval.beam_size", 0, "beam_size"),
+    ("model.strides", (2, 2, 2, 2, 2), "strides"),
+])
+def test_bad_config_fields_are_named(field, value, match):
+  config = configs.get_config("tiny")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    configs.validate(config)
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match="preset"):
+    configs.get_config("huge")
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_eval_json_and_pngs(tmp_path):
+  config = configs.get_config("tiny")
+  config.data.data_dir = str(tmp_path / "tfds")
+  workdir = str(tmp_path / "run")
+  results = captioning.run(config, workdir)
+  with open(os.path.join(workdir, "eval.json")) as f:
+    saved = json.load(f)
+  for key in ("bleu_1", "bleu_4", "exact_caption_accuracy", "localisation"):
+    assert key in saved["test"]
+  assert 0 <= results["test"]["bleu_1"] <= 100
+  assert os.path.exists(os.path.join(workdir, "attention_0.png"))
+  assert os.path.exists(os.path.join(workdir, "captions.png"))

@@ -1,0 +1,91 @@
+"""run_experiment, an experiment's __main__, in a new process: flag defaults, overrides, the
+quiet console and the usage error on stray arguments."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from absl.logging import converter
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+_SCRIPT = """
+import json
+import sys
+
+from absl import logging
+from tensorflow_datasets.core.utils import tqdm_utils
+
+from attention_jax import training
+
+
+def run(config, workdir):
+  print(json.dumps({{
+      "num_steps": config.num_steps, "hidden": config.hidden, "workdir": workdir,
+      "verbosity": logging.get_verbosity(), "tfds_progress_bar": tqdm_utils._active,
+  }}))
+
+
+training.run_experiment(run, config_file={config_file!r}, workdir="runs/demo")
+print("after run_experiment", flush=True)  # never reached: absl's app.run exits
+"""
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("launch")
+  config_file = directory / "demo_config.py"
+  config_file.write_text(textwrap.dedent("""
+      from attention_jax import training
+
+      def get_config():
+        config = training.default_training_config()
+        config.num_steps = 3
+        config.hidden = 16
+        return config
+      """))
+  path = directory / "demo.py"
+  path.write_text(_SCRIPT.format(config_file=str(config_file)))
+  return path
+
+
+def _launch(script, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                        text=True, timeout=120, cwd=script.parent)
+
+
+def _result(proc):
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 1, proc.stdout
+  return json.loads(lines[0])
+
+
+def test_defaults_are_the_config_file_and_the_workdir_given(script):
+  result = _result(_launch(script))
+  assert result == {"num_steps": 3, "hidden": 16, "workdir": "runs/demo",
+                    "verbosity": converter.ABSL_WARNING, "tfds_progress_bar": False}
+
+
+def test_flags_override_the_workdir_config_fields_and_verbosity(script, tmp_path):
+  result = _result(_launch(script, f"--workdir={tmp_path}", "--config.num_steps=7",
+                           "--config.hidden=32", "--verbosity=1"))
+  assert (result["num_steps"], result["hidden"], result["workdir"]) == (7, 32, str(tmp_path))
+  assert result["verbosity"] == 1
+
+
+def test_a_stray_argument_is_a_usage_error(script):
+  proc = _launch(script, "--config.num_steps=7", "extra")
+  assert proc.returncode == 1
+  assert proc.stdout == ""
+  assert "unexpected arguments: ['extra']" in proc.stderr
+
+
+def test_an_unknown_flag_is_an_error(script):
+  proc = _launch(script, "--num_stepz=7")
+  assert proc.returncode == 1 and proc.stdout == ""
+  assert "num_stepz" in proc.stderr
