@@ -41,7 +41,7 @@ class AttentionLayer(nn.Module):
   implementation: str | None = None
 
   @nn.compact
-  def __call__(self, queries, inputs, *, mask=None, key_lengths=None,
+  def __call__(self, queries, inputs, *, mask=None, key_value_seq_lengths=None,
                sow_weights: bool = False) -> Array:
     """Attends from ``queries`` over ``inputs``.
 
@@ -49,7 +49,8 @@ class AttentionLayer(nn.Module):
       queries: ``Q [batch..., N_Q, D_Q]``.
       inputs: ``X [batch..., N_X, D_X]``.
       mask: bool, ``True`` = may attend, broadcastable to ``[batch..., N_Q, N_X]``.
-      key_lengths: int ``[batch...]``; inputs at positions ``>= key_lengths`` are masked.
+      key_value_seq_lengths: int ``[batch...]``; inputs at positions
+        ``>= key_value_seq_lengths`` are masked.
       sow_weights: sow the weights ``[batch..., N_Q, N_X]`` as ``intermediates/attention_weights``.
 
     Returns:
@@ -76,7 +77,8 @@ class AttentionLayer(nn.Module):
     queries, keys, values = dtypes.promote_dtype(queries, keys, values, dtype=self.dtype)
     result = ops.dot_product_attention(
         queries[..., None, :], keys[..., None, :], values[..., None, :], mask=mask,
-        key_lengths=key_lengths, return_weights=sow_weights, implementation=self.implementation)
+        key_value_seq_lengths=key_value_seq_lengths, return_weights=sow_weights,
+        implementation=self.implementation)
     if sow_weights:
       result, weights = result
       self.sow("intermediates", "attention_weights", weights[..., 0, :, :])

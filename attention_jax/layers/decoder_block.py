@@ -41,6 +41,8 @@ class DecoderBlock(nn.Module):
     use_bias: biases in the attention projections.
     dtype: computation dtype (``None``: from the inputs and parameters).
     param_dtype: parameter dtype.
+    local_window_size: sliding-window self-attention (see :class:`MultiHeadAttention`).
+    softcap: soft-capping of the attention logits (self and cross).
     implementation: passed to :func:`ops.dot_product_attention`.
   """
 
@@ -58,17 +60,22 @@ class DecoderBlock(nn.Module):
   use_bias: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  local_window_size: int | tuple[int, int] | None = None
+  softcap: float | None = None
   implementation: str | None = None
 
   @nn.compact
-  def __call__(self, x, encoded=None, *, encoded_lengths=None, deterministic: bool = True,
-               sow_weights: bool = False) -> Array:
+  def __call__(self, x, encoded=None, *, encoded_lengths=None, segment_ids=None,
+               positions=None, deterministic: bool = True, sow_weights: bool = False) -> Array:
     """``x [batch..., length, features]`` -> same shape, in ``dtype`` when given.
 
     Args:
       x: the target sequence (in decode mode: the new chunk of it).
       encoded: ``[batch..., src_len, features]``, the encoder's output (``cross_attention``).
       encoded_lengths: int ``[batch...]``; padded encoder positions are not attended to.
+      segment_ids: int ``[batch..., length]``: packed target sequences attend only within a
+        segment (self-attention; not with ``cross_attention``).
+      positions: int ``[batch..., length]`` for RoPE (restarting per segment when packed).
       deterministic: ``False`` turns dropout on (needs a ``dropout`` rng).
       sow_weights: sow the attention weights (``attention/...`` and ``cross_attention/...``
         ``intermediates/attention_weights``).
@@ -92,20 +99,26 @@ class DecoderBlock(nn.Module):
       return MultiHeadAttention(
           num_heads=self.num_heads, dropout_rate=self.attention_dropout_rate,
           use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-          implementation=self.implementation, name=name, **kwargs)
+          softcap=self.softcap, implementation=self.implementation, name=name, **kwargs)
 
     def residual(y, sublayer, name):
       if self.pre_norm:
         return y + dropout(sublayer(norm(name)(y)), deterministic=deterministic)
       return norm(name)(y + dropout(sublayer(y), deterministic=deterministic))
 
+    if segment_ids is not None and self.cross_attention:
+      raise ValueError("segment_ids (packed targets) with cross_attention would need the "
+                       "encoder's segments too; pack only decoder-only stacks")
     self_attention = attention("attention", num_kv_heads=self.num_kv_heads, is_causal=True,
-                               decode=self.decode, rotary=self.rotary)
-    x = residual(x, lambda y: self_attention(y, deterministic=deterministic,
+                               decode=self.decode, rotary=self.rotary,
+                               local_window_size=self.local_window_size)
+    x = residual(x, lambda y: self_attention(y, query_segment_ids=segment_ids,
+                                             positions=positions, deterministic=deterministic,
                                              sow_weights=sow_weights), "attention_norm")
     if self.cross_attention:
       cross = attention("cross_attention")
-      x = residual(x, lambda y: cross(y, jnp.asarray(encoded), key_lengths=encoded_lengths,
+      x = residual(x, lambda y: cross(y, jnp.asarray(encoded),
+                                      key_value_seq_lengths=encoded_lengths,
                                       deterministic=deterministic, sow_weights=sow_weights),
                    "cross_attention_norm")
     mlp = MlpBlock(self.mlp_dim, activation=self.activation, dtype=self.dtype,

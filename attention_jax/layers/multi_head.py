@@ -66,6 +66,17 @@ class MultiHeadAttention(nn.Module):
     kernel_init, bias_init: initialisers of the projections (Flax's defaults).
     dtype: computation dtype (``None``: from the inputs and parameters).
     param_dtype: parameter dtype.
+    local_window_size: sliding-window attention, ``(left, right)`` or an int for ``(w, w)``
+      (:func:`ops.dot_product_attention`); with ``decode`` the cache keeps only the last ``left``
+      positions (a rolling cache: memory O(window) however long the generation).
+    softcap: logits become ``softcap * tanh(logits / softcap)`` (Gemma 2).
+    attention_fn: the attention function, called as ``attention_fn(query, key, value, bias, mask,
+      **keywords)`` with jax.nn's keywords (``is_causal``, ``query_seq_lengths``,
+      ``key_value_seq_lengths``, ``local_window_size``, ``implementation``) and ours
+      (``query_segment_ids``, ``key_value_segment_ids``, ``softcap``, ``dropout_rate``,
+      ``dropout_rng``, ``return_weights``), each passed only when the call uses it, so
+      ``jax.nn.dot_product_attention`` (or a partial of it) drops in for what it supports.
+      Default :func:`ops.dot_product_attention`.
     implementation: passed to :func:`ops.dot_product_attention`, or ``"ring"``: sequence
       parallelism with :func:`attention_jax.parallel.ring_attention` over the ``sequence`` axis
       of the context mesh (``jax.set_mesh``; :func:`attention_jax.training.train` sets it), for
@@ -89,12 +100,16 @@ class MultiHeadAttention(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  local_window_size: int | tuple[int, int] | None = None
+  softcap: float | None = None
+  attention_fn: Callable[..., Any] = ops.dot_product_attention
   implementation: str | None = None
 
   @nn.compact
   def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, inputs_kv=None, mask=None,
-               bias=None, query_lengths=None, key_lengths=None, deterministic: bool | None = None,
-               sow_weights: bool = False):
+               bias=None, query_seq_lengths=None, key_value_seq_lengths=None,
+               query_segment_ids=None, key_value_segment_ids=None, positions=None,
+               deterministic: bool | None = None, sow_weights: bool = False):
     """Attends from ``inputs_q`` to ``inputs_k`` / ``inputs_v`` (or to itself).
 
     Args:
@@ -108,8 +123,13 @@ class MultiHeadAttention(nn.Module):
         ``[batch..., heads, q_len, kv_len]`` (``kv_len`` is the cache length ``max_len`` in
         decode mode).
       bias: float, added to the logits, same broadcast as ``mask``.
-      query_lengths: int ``[batch...]``; padded queries get zero attention output.
-      key_lengths: int ``[batch...]``; padded keys are masked.
+      query_seq_lengths: int ``[batch...]``; padded queries get zero attention output.
+      key_value_seq_lengths: int ``[batch...]``; padded keys are masked.
+      query_segment_ids, key_value_segment_ids: int ``[batch..., q_len]`` / ``[batch...,
+        kv_len]``: packed sequences, a query attends only to keys of its own segment (the second
+        defaults to the first in self-attention).
+      positions: int ``[batch..., length]``, the positions RoPE rotates by (default ``0..L-1``);
+        for packed sequences, positions that restart at 0 in every segment.
       deterministic: ``True`` turns dropout off (overrides the field).
       sow_weights: sow the weights ``[batch..., heads, q_len, kv_len]`` as
         ``intermediates/attention_weights``.
@@ -152,31 +172,48 @@ class MultiHeadAttention(nn.Module):
     value = projection(kv_heads, "value")(inputs_v)
 
     is_causal = self.is_causal
+    window = self.local_window_size
     if self.decode and not cross and self.has_variable("cache", "cached_key"):
-      query, key, value, mask = self._decode_step(query, key, value, mask, bias)
-      is_causal = False  # the cache mask above is already causal
+      if self._rolling_window() is not None:
+        query, key, value, mask = self._rolling_decode_step(query, key, value, mask, bias)
+      else:
+        query, key, value, mask = self._decode_step(query, key, value, mask, bias)
+      is_causal, window = False, None  # the cache mask is causal (and windowed) already
     else:
       if self.decode and not cross:
         self._create_cache(key, value)
       if self.rotary:
-        query = ops.apply_rotary(query, jnp.arange(query.shape[-3]), base=self.rotary_base)
-        key = ops.apply_rotary(key, jnp.arange(key.shape[-3]), base=self.rotary_base)
+        if positions is None:
+          positions = jnp.arange(query.shape[-3])
+        query = ops.apply_rotary(query, positions, base=self.rotary_base)
+        key = ops.apply_rotary(key, positions, base=self.rotary_base)
 
     deterministic = resolve_deterministic(self.deterministic, deterministic, self.dropout_rate)
     dropout_rate = 0.0 if deterministic else self.dropout_rate
     implementation = self.implementation
     if implementation == RING:
       if self._ring_active(cross):
-        self._check_ring(mask, bias, query_lengths, key_lengths, dropout_rate, sow_weights)
+        self._check_ring(mask, bias, query_seq_lengths, key_value_seq_lengths,
+                         query_segment_ids, dropout_rate, sow_weights)
+        if window is not None or self.softcap is not None:
+          raise ValueError("implementation='ring' supports only is_causal; got "
+                           "local_window_size or softcap")
         result = parallel.ring_attention(query, key, value, is_causal=is_causal,
                                          axis_name=RING_AXIS)
         return self._out(result, features)
       implementation = None
-    dropout_rng = self.make_rng("dropout") if dropout_rate > 0.0 else None
-    result = ops.dot_product_attention(
-        query, key, value, bias, mask, is_causal=is_causal, query_lengths=query_lengths,
-        key_lengths=key_lengths, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-        return_weights=sow_weights, implementation=implementation)
+    keywords = dict(
+        is_causal=is_causal, query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths, implementation=implementation,
+        local_window_size=window, query_segment_ids=query_segment_ids,
+        key_value_segment_ids=key_value_segment_ids, softcap=self.softcap,
+        dropout_rate=dropout_rate, return_weights=sow_weights)
+    # Only what this call uses, so jax.nn's function (which lacks our extras) can be plugged in.
+    keywords = {name: value for name, value in keywords.items()
+                if value is not None and not (isinstance(value, (bool, float)) and not value)}
+    if dropout_rate > 0.0:
+      keywords["dropout_rng"] = self.make_rng("dropout")
+    result = self.attention_fn(query, key, value, bias, mask, **keywords)
     if sow_weights:
       result, weights = result
       self.sow("intermediates", "attention_weights", weights)
@@ -198,10 +235,12 @@ class MultiHeadAttention(nn.Module):
             and int(mesh.shape[RING_AXIS]) > 1)
 
   @staticmethod
-  def _check_ring(mask, bias, query_lengths, key_lengths, dropout_rate, sow_weights) -> None:
+  def _check_ring(mask, bias, query_seq_lengths, key_value_seq_lengths, query_segment_ids,
+                  dropout_rate, sow_weights) -> None:
     unsupported = [name for name, value in (
-        ("mask", mask), ("bias", bias), ("query_lengths", query_lengths),
-        ("key_lengths", key_lengths)) if value is not None]
+        ("mask", mask), ("bias", bias), ("query_seq_lengths", query_seq_lengths),
+        ("key_value_seq_lengths", key_value_seq_lengths),
+        ("query_segment_ids", query_segment_ids)) if value is not None]
     if dropout_rate > 0.0:
       unsupported.append(f"attention dropout_rate={dropout_rate}")
     if sow_weights:
@@ -247,10 +286,66 @@ class MultiHeadAttention(nn.Module):
                        f"{inputs_k.shape[-2]}; keys and values pair up one to one")
     return inputs_k, inputs_v, cross
 
+  def _rolling_window(self) -> int | None:
+    """The number of past positions a decoding query sees (the window's left bound), when the
+    cache rolls over that many slots; None for a full cache."""
+    window = self.local_window_size
+    if window is None:
+      return None
+    left = window if isinstance(window, int) else window[0]
+    return None if left is None else max(int(left), 1)
+
   def _create_cache(self, key, value) -> None:
-    self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    shape_key, shape_value = key.shape, value.shape
+    slots = self._rolling_window()
+    if slots is not None:  # a ring of the last `slots` positions, whatever the input length
+      shape_key = (*key.shape[:-3], slots, *key.shape[-2:])
+      shape_value = (*value.shape[:-3], slots, *value.shape[-2:])
+    self.variable("cache", "cached_key", jnp.zeros, shape_key, key.dtype)
+    self.variable("cache", "cached_value", jnp.zeros, shape_value, value.dtype)
     self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+
+  def _rolling_decode_step(self, query, key, value, mask, bias):
+    """Sliding-window decoding with a ring of ``W`` cached positions (position ``p`` in slot
+    ``p % W``): the chunk attends over the ring and itself, then its last ``W`` keys/values
+    replace the oldest. Returns the query, the keys/values ``[batch..., W + chunk, ...]`` and the
+    mask of the chunk over them."""
+    if mask is not None or bias is not None:
+      raise ValueError("decode with local_window_size (a rolling cache) takes no mask or bias: "
+                       "the cache's slots are reused, so a mask over them would be meaningless")
+    cached_key = self.variable("cache", "cached_key")
+    cached_value = self.variable("cache", "cached_value")
+    cache_index = self.variable("cache", "cache_index")
+    *batch, slots, _, _ = cached_key.value.shape
+    if tuple(key.shape[:-3]) != tuple(batch):
+      raise ValueError(
+          f"decode: inputs_q has batch axes {key.shape[:-3]} but the cache was created for "
+          f"{tuple(batch)} (cached_key {cached_key.value.shape})")
+    chunk = key.shape[-3]
+    index = cache_index.value
+    positions = index + jnp.arange(chunk, dtype=jnp.int32)
+    if self.rotary:
+      query = ops.apply_rotary(query, positions, base=self.rotary_base)
+      key = ops.apply_rotary(key, positions, base=self.rotary_base)
+    key = key.astype(cached_key.value.dtype)
+    value = value.astype(cached_value.value.dtype)
+    # The position each slot holds: the latest p < index with p % slots == slot (< 0: empty).
+    slot = jnp.arange(slots, dtype=jnp.int32)
+    slot_positions = index - 1 - jnp.mod(index - 1 - slot, slots)
+    keys = jnp.concatenate([cached_key.value, key], axis=-3)
+    values = jnp.concatenate([cached_value.value, value], axis=-3)
+    key_positions = jnp.concatenate([slot_positions, positions])
+    rows, cols = positions[:, None], key_positions[None, :]
+    left = self.local_window_size
+    left = left if isinstance(left, int) else left[0]
+    visible = (cols >= 0) & (cols <= rows) & (cols >= rows - left)
+    kept = min(chunk, slots)  # a chunk longer than the ring keeps only its last positions
+    kept_slots = jnp.mod(positions[chunk - kept:], slots)
+    cached_key.value = cached_key.value.at[..., kept_slots, :, :].set(key[..., chunk - kept:, :, :])
+    cached_value.value = cached_value.value.at[..., kept_slots, :, :].set(
+        value[..., chunk - kept:, :, :])
+    cache_index.value = index + chunk
+    return query.astype(keys.dtype), keys, values, visible
 
   def _decode_step(self, query, key, value, mask, bias):
     """Writes the chunk's keys/values into the cache; returns the query, the whole cache and the
@@ -304,10 +399,12 @@ class SelfAttention(MultiHeadAttention):
   num_heads: int = 1
 
   @nn.compact
-  def __call__(self, x, *, mask=None, bias=None, query_lengths=None, key_lengths=None,
+  def __call__(self, x, *, mask=None, bias=None, query_seq_lengths=None,
+               key_value_seq_lengths=None, query_segment_ids=None, positions=None,
                deterministic: bool | None = None, sow_weights: bool = False):
     """``x [batch..., length, features]`` -> ``[batch..., length, out_features]``; the keyword
     arguments are those of :meth:`MultiHeadAttention.__call__`."""
     return super().__call__(
-        x, None, mask=mask, bias=bias, query_lengths=query_lengths, key_lengths=key_lengths,
-        deterministic=deterministic, sow_weights=sow_weights)
+        x, None, mask=mask, bias=bias, query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths, query_segment_ids=query_segment_ids,
+        positions=positions, deterministic=deterministic, sow_weights=sow_weights)

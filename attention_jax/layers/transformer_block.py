@@ -38,6 +38,8 @@ class TransformerBlock(nn.Module):
     layer_norm_epsilon: epsilon of both LayerNorms (BERT: 1e-12).
     dtype: computation dtype (``None``: from the inputs and parameters).
     param_dtype: parameter dtype.
+    local_window_size: sliding-window self-attention (see :class:`MultiHeadAttention`).
+    softcap: soft-capping of the attention logits.
     implementation: passed to :func:`ops.dot_product_attention`.
   """
 
@@ -54,17 +56,21 @@ class TransformerBlock(nn.Module):
   layer_norm_epsilon: float = 1e-6
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  local_window_size: int | tuple[int, int] | None = None
+  softcap: float | None = None
   implementation: str | None = None
 
   @nn.compact
-  def __call__(self, x, *, mask=None, key_lengths=None, deterministic: bool = True,
-               sow_weights: bool = False) -> Array:
+  def __call__(self, x, *, mask=None, key_value_seq_lengths=None, segment_ids=None,
+               positions=None, deterministic: bool = True, sow_weights: bool = False) -> Array:
     """``x [batch..., length, features]`` -> same shape, in ``dtype`` when given.
 
     Args:
       x: the sequence.
       mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, length, length]``.
-      key_lengths: int ``[batch...]``; padded positions are not attended to.
+      key_value_seq_lengths: int ``[batch...]``; padded positions are not attended to.
+      segment_ids: int ``[batch..., length]``: packed sequences attend only within a segment.
+      positions: int ``[batch..., length]`` for RoPE (restarting per segment when packed).
       deterministic: ``False`` turns dropout on (needs a ``dropout`` rng).
       sow_weights: sow the attention weights (``attention/intermediates/attention_weights``).
     """
@@ -80,13 +86,15 @@ class TransformerBlock(nn.Module):
         num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
         dropout_rate=self.attention_dropout_rate, is_causal=self.is_causal, decode=self.decode,
         rotary=self.rotary, dtype=self.dtype, param_dtype=self.param_dtype,
+        local_window_size=self.local_window_size, softcap=self.softcap,
         implementation=self.implementation, name="attention")
     mlp = MlpBlock(self.mlp_dim, activation=self.activation, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="mlp")
 
     def attend(y):
-      y = attention(y, mask=mask, key_lengths=key_lengths, deterministic=deterministic,
-                    sow_weights=sow_weights)
+      y = attention(y, mask=mask, key_value_seq_lengths=key_value_seq_lengths,
+                    query_segment_ids=segment_ids, positions=positions,
+                    deterministic=deterministic, sow_weights=sow_weights)
       return dropout(y, deterministic=deterministic)
 
     def feed_forward(y):

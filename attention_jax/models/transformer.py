@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import layers
+from attention_jax import ops
 
 Array = jax.Array
 
@@ -69,6 +70,14 @@ class TransformerConfig:
     implementation: passed to :func:`attention_jax.ops.dot_product_attention`; ``"ring"``
       splits the self-attention over the ``sequence`` axis of the context mesh (sequence
       parallelism, see :class:`attention_jax.layers.MultiHeadAttention`).
+    local_window_size: sliding-window self-attention: each position sees the ``w`` positions
+      before it (and, in an encoder, after it); ``None`` attends globally. A decoder's KV cache
+      then keeps only ``w`` positions (Mistral: 4096).
+    global_every: with a window, every ``global_every``-th layer (the last of each group)
+      attends globally and the others locally (Gemma 2: 2, Gemma 3: 6); ``None``: every layer
+      is local.
+    attention_softcap: soft-cap of the attention logits, ``c * tanh(logits / c)`` (Gemma 2: 50).
+    final_softcap: soft-cap of the output logits (Gemma 2: 30).
   """
 
   vocab_size: int
@@ -93,6 +102,10 @@ class TransformerConfig:
   dtype: Any = None
   param_dtype: Any = jnp.float32
   implementation: str | None = None
+  local_window_size: int | None = None
+  global_every: int | None = None
+  attention_softcap: float | None = None
+  final_softcap: float | None = None
 
   def __post_init__(self):
     if self.positions not in POSITIONS:
@@ -105,10 +118,30 @@ class TransformerConfig:
     for name in ("vocab_size", "features", "num_heads", "mlp_dim", "max_length"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    for name in ("local_window_size", "global_every"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                or value < (0 if name == "local_window_size" else 1)):
+        raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+    if self.global_every is not None and self.local_window_size is None:
+      raise ValueError("global_every needs local_window_size (the window of the local layers)")
+    for name in ("attention_softcap", "final_softcap"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value!r}")
 
   @property
   def decoder_layers(self) -> int:
     return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+  def window_of(self, layer: int, causal: bool) -> int | tuple[int, int] | None:
+    """The ``local_window_size`` of self-attention layer ``layer``: ``None`` (global), ``(w, 0)``
+    in a causal stack, ``w`` (both sides) in an encoder."""
+    if self.local_window_size is None:
+      return None
+    if self.global_every is not None and layer % self.global_every == self.global_every - 1:
+      return None
+    return (self.local_window_size, 0) if causal else self.local_window_size
 
 
 def _check_tokens(tokens, config: TransformerConfig, name: str = "tokens") -> Array:
@@ -169,12 +202,15 @@ class Embedder(nn.Module):
                                param_dtype=c.param_dtype)
     self.dropout = nn.Dropout(c.dropout_rate)
 
-  def __call__(self, tokens, *, offset=0, token_types=None, deterministic: bool = True) -> Array:
+  def __call__(self, tokens, *, offset=0, positions=None, token_types=None,
+               deterministic: bool = True) -> Array:
     """``tokens int [batch..., length]`` -> ``[batch..., length, features]``.
 
     Args:
       tokens: token ids.
       offset: position of the first token (an int or a traced scalar, e.g. the cache index).
+      positions: int ``[batch..., length]``, each token's position (packed sequences: restarting
+        at 0 in every segment); default ``offset + 0..length-1``.
       token_types: int ``[batch..., length]`` segment ids (``num_token_types > 0``; default 0).
       deterministic: ``False`` turns dropout on.
     """
@@ -182,7 +218,8 @@ class Embedder(nn.Module):
     x = self.token_embedding(tokens)
     if c.scale_embeddings:
       x = x * jnp.sqrt(jnp.asarray(c.features, x.dtype))
-    positions = jnp.asarray(offset, jnp.int32) + jnp.arange(tokens.shape[-1], dtype=jnp.int32)
+    if positions is None:
+      positions = jnp.asarray(offset, jnp.int32) + jnp.arange(tokens.shape[-1], dtype=jnp.int32)
     if c.positions == "learned":
       x = self.position_embedding(x, positions=positions)
     elif c.positions == "sinusoidal":
@@ -244,7 +281,8 @@ class Encoder(nn.Module):
           pre_norm=c.pre_norm, rotary=c.positions == "rotary",
           activation=ACTIVATIONS[c.activation], layer_norm_epsilon=c.layer_norm_epsilon,
           dtype=c.dtype, param_dtype=c.param_dtype, implementation=c.implementation,
-          name=f"layer_{i}")(x, key_lengths=lengths, deterministic=deterministic,
+          local_window_size=c.window_of(i, causal=False), softcap=c.attention_softcap,
+          name=f"layer_{i}")(x, key_value_seq_lengths=lengths, deterministic=deterministic,
                              sow_weights=sow_weights)
     if c.pre_norm:
       x = _final_norm(c)(x)
@@ -323,8 +361,8 @@ class Decoder(nn.Module):
   embedder: Embedder | None = None
 
   @nn.compact
-  def __call__(self, tokens, encoded=None, encoded_lengths=None, *, deterministic: bool = True,
-               sow_weights: bool = False) -> Array:
+  def __call__(self, tokens, encoded=None, encoded_lengths=None, *, segment_ids=None,
+               positions=None, deterministic: bool = True, sow_weights: bool = False) -> Array:
     """``tokens int [batch..., length]`` -> float32 logits ``[batch..., length, vocab]``.
 
     Args:
@@ -332,11 +370,21 @@ class Decoder(nn.Module):
         in decode mode the next chunk of them.
       encoded: ``[batch..., src_len, features]`` (``cross_attention``).
       encoded_lengths: int ``[batch...]`` valid lengths of ``encoded``.
+      segment_ids: int ``[batch..., length]``: several sequences packed in one row attend only
+        within their segment (decoder-only; not in decode mode).
+      positions: int ``[batch..., length]``, positions restarting per segment (default
+        ``0..length-1``).
       deterministic: ``False`` turns dropout on (needs a ``dropout`` rng).
       sow_weights: sow every layer's attention weights.
     """
     c = self.config
     tokens = _check_tokens(tokens, c)
+    if (segment_ids is not None or positions is not None) and self.decode:
+      raise ValueError("segment_ids/positions are for training on packed sequences, not for "
+                       "decode mode")
+    for name, value in (("segment_ids", segment_ids), ("positions", positions)):
+      if value is not None and jnp.shape(value) != tokens.shape:
+        raise ValueError(f"{name} has shape {jnp.shape(value)} but tokens have {tokens.shape}")
     offset = 0
     if self.decode:
       initialised = self.has_variable("cache", "position")
@@ -346,7 +394,7 @@ class Decoder(nn.Module):
         position.value = offset + tokens.shape[-1]
     _check_length(tokens.shape[-1], offset, c)
     embedder = self.embedder if self.embedder is not None else Embedder(c, name="embedder")
-    x = embedder(tokens, offset=offset, deterministic=deterministic)
+    x = embedder(tokens, offset=offset, positions=positions, deterministic=deterministic)
     for i in range(c.decoder_layers):
       x = layers.DecoderBlock(
           num_heads=c.num_heads, mlp_dim=c.mlp_dim, num_kv_heads=c.num_kv_heads,
@@ -355,15 +403,18 @@ class Decoder(nn.Module):
           decode=self.decode, rotary=c.positions == "rotary",
           activation=ACTIVATIONS[c.activation], layer_norm_epsilon=c.layer_norm_epsilon,
           use_bias=c.use_bias, dtype=c.dtype, param_dtype=c.param_dtype,
+          local_window_size=c.window_of(i, causal=True), softcap=c.attention_softcap,
           implementation=c.implementation, name=f"layer_{i}")(
-              x, encoded, encoded_lengths=encoded_lengths, deterministic=deterministic,
-              sow_weights=sow_weights)
+              x, encoded, encoded_lengths=encoded_lengths, segment_ids=segment_ids,
+              positions=positions, deterministic=deterministic, sow_weights=sow_weights)
     if c.pre_norm:
       x = _final_norm(c)(x)
     if c.tie_embeddings:
-      return embedder.attend(x)
-    return nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-                    name="logits")(x).astype(jnp.float32)
+      logits = embedder.attend(x)
+    else:
+      logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
+                        name="logits")(x).astype(jnp.float32)
+    return ops.soft_cap(logits, c.final_softcap)
 
 
 class DecoderOnlyLM(nn.Module):
@@ -377,9 +428,13 @@ class DecoderOnlyLM(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, tokens, *, deterministic: bool = True, sow_weights: bool = False) -> Array:
+  def __call__(self, tokens, *, segment_ids=None, positions=None, deterministic: bool = True,
+               sow_weights: bool = False) -> Array:
+    """``segment_ids``/``positions`` ``[batch..., length]``: packed sequences (see
+    :class:`Decoder`)."""
     return Decoder(self.config, cross_attention=False, decode=self.decode, name="decoder")(
-        tokens, deterministic=deterministic, sow_weights=sow_weights)
+        tokens, segment_ids=segment_ids, positions=positions, deterministic=deterministic,
+        sow_weights=sow_weights)
 
 
 class EncoderDecoder(nn.Module):

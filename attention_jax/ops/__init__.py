@@ -1,5 +1,6 @@
 """Pure attention functions: arrays in, arrays out. No Flax, no state, no config."""
 
+from attention_jax.ops.attention import EMPTY_ROW_LSE
 from attention_jax.ops.attention import IMPLEMENTATIONS
 from attention_jax.ops.attention import additive_attention
 from attention_jax.ops.attention import attention_weights
@@ -10,8 +11,13 @@ from attention_jax.ops.masks import length_mask
 from attention_jax.ops.masks import padding_mask
 from attention_jax.ops.positions import apply_rotary
 from attention_jax.ops.positions import sinusoidal_positions
+from attention_jax.ops.spec import AttentionSpec
+from attention_jax.ops.spec import make_spec
+from attention_jax.ops.spec import soft_cap
 
 __all__ = [
+    "AttentionSpec",
+    "EMPTY_ROW_LSE",
     "IMPLEMENTATIONS",
     "additive_attention",
     "apply_rotary",
@@ -19,7 +25,9 @@ __all__ = [
     "causal_mask",
     "dot_product_attention",
     "length_mask",
+    "make_spec",
     "masked_softmax",
     "padding_mask",
     "sinusoidal_positions",
+    "soft_cap",
 ]

@@ -1,13 +1,17 @@
 """Scaled dot-product attention and additive (Bahdanau) attention as pure JAX functions.
 
-Layout (that of ``jax.nn.dot_product_attention``, so users can swap one for the other):
+:func:`dot_product_attention` takes every argument of ``jax.nn.dot_product_attention`` with its
+meaning and layout, so code written for jax.nn runs unchanged, plus packed sequences
+(``query_segment_ids``), logit soft-capping, dropout, the weights, and our blockwise path:
+
   query ``[batch..., q_len, heads, head_dim]``, key ``[batch..., kv_len, kv_heads, head_dim]``,
   value ``[batch..., kv_len, kv_heads, v_dim]``; ``heads % kv_heads == 0`` gives multi-query /
   grouped-query attention (query head ``h`` reads key/value head ``h // (heads // kv_heads)``).
 
 Masks are boolean with ``True`` = may attend, and are combined as booleans (never as added large
 negatives, which overflow in bf16/fp16). Softmax statistics run in float32 whatever the input dtype.
-A query whose keys are all masked gets zero output and zero gradients, never NaN.
+A query whose keys are all masked gets zero output and zero gradients, never NaN, and no path ever
+makes an inf (``jax.debug_infs(True)`` stays usable).
 """
 
 from __future__ import annotations
@@ -20,16 +24,41 @@ import jax.numpy as jnp
 
 from attention_jax.ops import blockwise
 from attention_jax.ops import masks as masks_lib
+from attention_jax.ops import spec as spec_lib
 from attention_jax.ops import validation
+from attention_jax.ops.spec import IMPLEMENTATIONS, AttentionSpec
 
 Array = jax.Array
-
-IMPLEMENTATIONS: tuple[str, ...] = ("reference", "flash", "cudnn")
+#: The log-sum-exp a row that sees no key reports (finite, so it weighs 0 when chunks combine).
+EMPTY_ROW_LSE = float(jnp.finfo(jnp.float32).min)
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:
   """The dtype softmax statistics and matmul accumulators use: float32, or float64 for float64."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def _softmax_and_lse(logits, mask=None, axis: int = -1) -> tuple[Array, Array]:
+  """``(weights, logsumexp)`` in float32 (or wider); a fully masked row gives zero weights and
+  zero gradients, and ``EMPTY_ROW_LSE``."""
+  logits = jnp.asarray(logits)
+  logits = logits.astype(accumulation_dtype(logits.dtype))
+  if mask is not None:
+    # Masked entries are zeroed after the exp rather than filled with -inf before it: no inf is
+    # ever made, so jax.debug_infs(True) can stay on (and a NaN in a masked logit cannot leak).
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  row_max = jnp.max(logits, axis=axis, keepdims=True)
+  # The shift is mathematically irrelevant to softmax, so no gradient flows through it; a row
+  # whose entries are all -inf (from the caller's bias) is shifted by 0.
+  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  unnormalized = jnp.exp(logits - row_max)
+  if mask is not None:
+    unnormalized = jnp.where(mask, unnormalized, 0.0)
+  denominator = jnp.sum(unnormalized, axis=axis, keepdims=True)
+  seen = denominator > 0.0
+  weights = unnormalized / jnp.where(seen, denominator, 1.0)
+  lse = jnp.where(seen, row_max + jnp.log(jnp.where(seen, denominator, 1.0)), EMPTY_ROW_LSE)
+  return weights, jnp.squeeze(lse, axis)
 
 
 def masked_softmax(logits, mask=None, axis: int = -1) -> Array:
@@ -45,38 +74,31 @@ def masked_softmax(logits, mask=None, axis: int = -1) -> Array:
     float32 (float64 for float64 logits) weights of ``logits``' shape; each row sums to 1, or to 0
     if fully masked.
   """
-  logits = jnp.asarray(logits)
-  logits = logits.astype(accumulation_dtype(logits.dtype))
-  if mask is not None:
-    # Masked entries are zeroed after the exp rather than filled with -inf before it: no inf is
-    # ever made, so jax.debug_infs(True) can stay on (and a NaN in a masked logit cannot leak).
-    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-  row_max = jnp.max(logits, axis=axis, keepdims=True)
-  # The shift is mathematically irrelevant to softmax, so no gradient flows through it; a row
-  # whose entries are all -inf (from the caller's bias) is shifted by 0.
-  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-  unnormalized = jnp.exp(logits - row_max)
-  if mask is not None:
-    unnormalized = jnp.where(mask, unnormalized, 0.0)
-  denominator = jnp.sum(unnormalized, axis=axis, keepdims=True)
-  return unnormalized / jnp.where(denominator == 0.0, 1.0, denominator)
+  return _softmax_and_lse(logits, mask, axis)[0]
 
 
-def _combined_mask(mask, is_causal, query_lengths, key_lengths, q_len, kv_len):
-  """ANDs the user mask, the causal mask and the padding mask; ``None`` when nothing is masked."""
+def _combined_mask(mask, spec: AttentionSpec, segment_ids, lengths, q_len, kv_len):
+  """ANDs the user mask, the causal/window band, the segments and the padding; ``None`` when
+  nothing is masked. Broadcastable to ``[batch..., heads, q_len, kv_len]``."""
   combined = mask
-  if is_causal:
-    causal = masks_lib.causal_mask(q_len, kv_len)
-    combined = causal if combined is None else combined & causal
-  if query_lengths is not None or key_lengths is not None:
-    padding = masks_lib.padding_mask(query_lengths, key_lengths, q_len, kv_len)
-    combined = padding if combined is None else combined & padding
+
+  def both(a, b):
+    return b if a is None else a & b
+
+  band = spec_lib.position_mask(spec, q_len, kv_len)
+  if band is not None:
+    combined = both(combined, band)
+  if segment_ids is not None:
+    q_seg, kv_seg = segment_ids
+    combined = both(combined, (q_seg[..., :, None] == kv_seg[..., None, :])[..., None, :, :])
+  if lengths != (None, None):
+    combined = both(combined, masks_lib.padding_mask(*lengths, q_len, kv_len))
   return combined
 
 
-def _grouped_logits(query, key, scale, bias) -> Array:
-  """Logits ``[batch..., heads, q_len, kv_len]`` in the accumulation dtype; GQA without
-  materialising repeated keys."""
+def _grouped_logits(query, key, scale, bias, softcap=None) -> Array:
+  """Logits ``[batch..., heads, q_len, kv_len]`` in the accumulation dtype: ``q . k * scale``,
+  soft-capped, plus ``bias``; GQA without materialising repeated keys."""
   *batch, q_len, heads, head_dim = query.shape
   kv_len, kv_heads = key.shape[-3], key.shape[-2]
   acc = accumulation_dtype(query.dtype)
@@ -93,6 +115,7 @@ def _grouped_logits(query, key, scale, bias) -> Array:
     logits = logits.reshape(*batch, heads, q_len, kv_len)
   if scale is not None:
     logits = logits * jnp.asarray(scale, acc)
+  logits = spec_lib.soft_cap(logits, softcap)
   if bias is not None:
     logits = logits + jnp.asarray(bias).astype(acc)
   return logits
@@ -112,59 +135,70 @@ def _weighted_values(weights, value, heads) -> Array:
   return out.reshape(*batch, q_len, heads, value.shape[-1])
 
 
-def _check_and_prepare(query, key, value, bias, mask, query_lengths, key_lengths, scale):
+def _check_inputs(query, key, value, bias, mask, lengths, segment_ids):
+  """Arrays (checked, with one-line errors that name the argument) for the paths."""
   query, key = jnp.asarray(query), jnp.asarray(key)
   value = None if value is None else jnp.asarray(value)
   validation.check_qkv(query, key, value)
-  *batch, q_len, heads, head_dim = query.shape
+  *batch, q_len, heads, _ = query.shape
   kv_len = key.shape[-3]
   batch = tuple(batch)
   validation.check_mask_and_bias(mask, bias, (*batch, heads, q_len, kv_len))
-  validation.check_lengths("query_lengths", query_lengths, batch)
-  validation.check_lengths("key_lengths", key_lengths, batch)
-  if scale is None:
-    scale = 1.0 / math.sqrt(head_dim)
-  return query, key, value, scale
+  validation.check_lengths("query_seq_lengths", lengths[0], batch)
+  validation.check_lengths("key_value_seq_lengths", lengths[1], batch)
+  if segment_ids != (None, None):
+    q_seg, kv_seg = segment_ids
+    if q_seg is None or kv_seg is None:
+      if q_len != kv_len:
+        raise ValueError(
+            f"query_segment_ids and key_value_segment_ids are both needed when q_len ({q_len}) "
+            f"!= kv_len ({kv_len}); one alone is taken for both only in self-attention")
+      q_seg = kv_seg = q_seg if q_seg is not None else kv_seg
+    validation.check_segment_ids("query_segment_ids", q_seg, (*batch, q_len))
+    validation.check_segment_ids("key_value_segment_ids", kv_seg, (*batch, kv_len))
+    segment_ids = (jnp.asarray(q_seg), jnp.asarray(kv_seg))
+  else:
+    segment_ids = None
+  return query, key, value, segment_ids
 
 
-def _reference_weights(query, key, bias, mask, is_causal, scale, query_lengths, key_lengths):
+def _reference(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+               dropout_rng=None):
+  """Materialises the weights: O(q_len * kv_len) memory.
+
+  Returns ``(out, weights, lse)``: the output in the input dtype, the weights applied
+  ``[batch..., heads, q_len, kv_len]`` and the log-sum-exp ``[batch..., heads, q_len]``, both in
+  the accumulation dtype.
+  """
   q_len, kv_len = query.shape[-3], key.shape[-3]
-  logits = _grouped_logits(query, key, scale, bias)
-  combined = _combined_mask(mask, is_causal, query_lengths, key_lengths, q_len, kv_len)
-  return masked_softmax(logits, combined)
-
-
-def _reference_attention(query, key, value, bias, mask, is_causal, scale, query_lengths,
-                         key_lengths, dropout_rate, dropout_rng):
-  """Materialises the weights: O(q_len * kv_len) memory. Returns (out, weights in float32+)."""
-  weights = _reference_weights(
-      query, key, bias, mask, is_causal, scale, query_lengths, key_lengths)
-  if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  logits = _grouped_logits(query, key, spec.scale, bias, spec.softcap)
+  combined = _combined_mask(mask, spec, segment_ids, lengths, q_len, kv_len)
+  weights, lse = _softmax_and_lse(logits, combined)
+  if spec.dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - spec.dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - spec.dropout_rate), 0.0)
   out = _weighted_values(weights, value, query.shape[-2])
-  return out.astype(query.dtype), weights
+  return out.astype(query.dtype), weights, lse
 
 
-def _flash_attention(query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
-                     dropout_rate, dropout_rng, block_sizes=None):
+def _flash(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+           dropout_rng=None):
   """Blockwise online-softmax path (:mod:`attention_jax.ops.blockwise`); linear memory."""
   del dropout_rng
-  if dropout_rate > 0.0:
+  if spec.dropout_rate > 0.0:
     raise ValueError(
         "implementation='flash' does not support dropout_rate > 0; use implementation='reference' "
         "or None (which picks a path that supports dropout)")
-  out = blockwise.flash_attention(
-      query, key, value, bias, mask, is_causal=is_causal, scale=scale,
-      query_lengths=query_lengths, key_lengths=key_lengths, block_sizes=block_sizes)
-  return out, None
+  out, lse = blockwise.flash_attention(query, key, value, bias, mask, segment_ids, lengths, spec)
+  return out, None, lse
 
 
-def _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
-                    dropout_rate) -> bool:
+def _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths,
+                    spec: AttentionSpec) -> bool:
   """Whether ``jax.nn.dot_product_attention(implementation="cudnn")`` computes exactly our
-  semantics. Conservative: no bias/mask/lengths (cuDNN's fully-masked rows are not guaranteed to be
-  zero), causal only when top-left and bottom-right alignment coincide."""
+  semantics. Conservative: no bias/mask/lengths/segments/window/soft-cap (cuDNN's fully-masked
+  rows are not guaranteed to be zero), causal only when top-left and bottom-right alignment
+  coincide."""
   if jax.default_backend() != "gpu":
     return False
   q_len, kv_len = query.shape[-3], key.shape[-3]
@@ -172,38 +206,32 @@ def _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key
   return (query.ndim == 4 and query.dtype in (jnp.bfloat16, jnp.float16)
           and key.dtype == query.dtype and value.dtype == query.dtype
           and value.shape[-1] == head_dim and head_dim % 8 == 0 and head_dim <= 128
-          and bias is None and mask is None and query_lengths is None and key_lengths is None
-          and dropout_rate == 0.0 and (not is_causal or q_len == kv_len))
+          and bias is None and mask is None and segment_ids is None and lengths == (None, None)
+          and spec.window is None and spec.softcap is None and spec.dropout_rate == 0.0
+          and (not spec.is_causal or q_len == kv_len))
 
 
-def _cudnn_attention(query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
-                     dropout_rate, dropout_rng, block_sizes=None):
+def _cudnn(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+           dropout_rng=None):
   """cuDNN's fused kernel through ``jax.nn`` (GPU, fp16/bf16, no mask/bias/lengths/dropout)."""
-  del dropout_rng, block_sizes
-  if not _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
-                         dropout_rate):
+  del dropout_rng
+  if not _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec):
     raise ValueError(
         "implementation='cudnn' needs a GPU, 4-D fp16/bf16 inputs with v_dim == head_dim <= 128, "
-        "and no bias, mask, lengths or dropout (causal only with q_len == kv_len); "
-        "use implementation=None to pick a supported path")
-  out = jax.nn.dot_product_attention(query, key, value, scale=scale, is_causal=is_causal,
-                                     implementation="cudnn")
-  return out, None
+        "and no bias, mask, lengths, segments, window, soft-cap or dropout (causal only with "
+        "q_len == kv_len); use implementation=None to pick a supported path")
+  out, lse = jax.nn.dot_product_attention(query, key, value, scale=spec.scale,
+                                          is_causal=spec.is_causal, implementation="cudnn",
+                                          return_residual=True)
+  return out, None, jnp.swapaxes(lse.astype(jnp.float32), -1, -2)
 
 
-def _reference_impl(query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
-                    dropout_rate, dropout_rng, block_sizes=None):
-  del block_sizes
-  return _reference_attention(query, key, value, bias, mask, is_causal, scale, query_lengths,
-                              key_lengths, dropout_rate, dropout_rng)
-
-
-_IMPLEMENTATION_FNS: dict[str, Callable[..., tuple[Array, Array | None]]] = {
-    "reference": _reference_impl,
-    "flash": _flash_attention,
-    "cudnn": _cudnn_attention,
+_PATHS: dict[str, Callable[..., tuple[Array, Array | None, Array]]] = {
+    "reference": _reference,
+    "flash": _flash,
+    "cudnn": _cudnn,
 }
-_WEIGHT_IMPLEMENTATIONS = ("reference",)
+assert set(_PATHS) == set(IMPLEMENTATIONS)
 # Measured on a 2-core CPU (benchmarks/attention.py, batch 4 x 8 heads): the blockwise path is
 # faster than the reference from L=1024 (both directions) and for causal inputs from L=256 (it skips
 # the blocks above the diagonal); below that the reference's few big ops are as fast or faster.
@@ -213,26 +241,22 @@ _FLASH_MIN_CAUSAL_LOGITS = 256 * 256
 _FLASH_MIN_LOGIT_BYTES = 256 * 2**20
 
 
-def _resolve_implementation(implementation: str | None, query, key, value, bias, mask, is_causal,
-                            query_lengths, key_lengths, dropout_rate, return_weights) -> str:
+def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids, lengths,
+                 return_weights: bool) -> str:
+  implementation = spec.implementation
   if implementation is None:
-    if return_weights or dropout_rate > 0.0:
+    if return_weights or spec.dropout_rate > 0.0:
       return "reference"
-    if _cudnn_supports(query, key, value, bias, mask, is_causal, query_lengths, key_lengths,
-                       dropout_rate):
+    if _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec):
       return "cudnn"
     logits_per_head = query.shape[-3] * key.shape[-3]
     logit_bytes = math.prod(query.shape[:-3]) * query.shape[-2] * logits_per_head * 4
     if (logits_per_head >= _FLASH_MIN_LOGITS
-        or (is_causal and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
+        or (spec.restricts_positions and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
         or logit_bytes >= _FLASH_MIN_LOGIT_BYTES):
       return "flash"
     return "reference"
-  if implementation not in _IMPLEMENTATION_FNS:
-    raise ValueError(
-        f"implementation must be one of {sorted(_IMPLEMENTATION_FNS)} or None, "
-        f"got {implementation!r}")
-  if return_weights and implementation not in _WEIGHT_IMPLEMENTATIONS:
+  if return_weights and implementation != "reference":
     raise ValueError(
         f"implementation={implementation!r} cannot return the attention weights; use "
         f"implementation='reference' or None with return_weights=True")
@@ -246,64 +270,96 @@ def dot_product_attention(
     bias=None,
     mask=None,
     *,
-    is_causal: bool = False,
     scale: float | None = None,
-    query_lengths=None,
-    key_lengths=None,
+    is_causal: bool = False,
+    query_seq_lengths=None,
+    key_value_seq_lengths=None,
+    local_window_size: int | tuple[int, int] | None = None,
+    implementation: str | None = None,
+    return_residual: bool = False,
+    query_segment_ids=None,
+    key_value_segment_ids=None,
+    softcap: float | None = None,
     dropout_rate: float = 0.0,
     dropout_rng=None,
     return_weights: bool = False,
-    implementation: str | None = None,
     block_sizes: tuple[int, int] | None = None,
 ):
-  """Scaled dot-product attention: ``softmax(Q K^T * scale + bias, masked) V`` per head.
+  """Scaled dot-product attention: ``softmax(cap(Q K^T * scale) + bias, masked) V`` per head.
+
+  The arguments up to ``return_residual`` are ``jax.nn.dot_product_attention``'s, with its
+  meaning; the alignment of ``is_causal`` and ``local_window_size`` when ``q_len != kv_len`` is
+  ours (bottom-right, below), and a row that sees no key gives zeros where jax.nn gives the mean
+  of the values.
 
   Args:
     query: ``[batch..., q_len, heads, head_dim]``.
     key: ``[batch..., kv_len, kv_heads, head_dim]`` with ``heads % kv_heads == 0``.
     value: ``[batch..., kv_len, kv_heads, v_dim]``.
-    bias: float, added to the logits, broadcastable to ``[batch..., heads, q_len, kv_len]``.
+    bias: float, added to the (soft-capped) logits, broadcastable to
+      ``[batch..., heads, q_len, kv_len]``.
     mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, q_len, kv_len]``.
+    scale: multiplies the logits; default ``1 / sqrt(head_dim)``.
     is_causal: query ``i`` attends to keys ``j <= i + kv_len - q_len``: aligned **bottom-right**
       (the queries are the last positions), which is what decoding with a KV cache and chunked
       prefill need. ``jax.nn.dot_product_attention`` and PyTorch align top-left (``j <= i``); both
       agree when ``q_len == kv_len``.
-    scale: multiplies the logits; default ``1 / sqrt(head_dim)``.
-    query_lengths: int ``[batch...]``; queries at positions ``>= query_lengths`` get zero output.
-    key_lengths: int ``[batch...]``; keys at positions ``>= key_lengths`` are masked.
+    query_seq_lengths: int ``[batch...]``; queries at positions ``>= query_seq_lengths`` get zero
+      output.
+    key_value_seq_lengths: int ``[batch...]``; keys at positions ``>= key_value_seq_lengths`` are
+      masked.
+    local_window_size: ``(left, right)`` or an int ``w`` for ``(w, w)``: query ``i`` attends to
+      keys ``i' - left <= j <= i' + right`` with ``i' = i + kv_len - q_len`` (sliding-window
+      attention, Mistral / Gemma 2; with ``is_causal`` only the left bound matters).
+    implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
+      where it applies, else ``"flash"`` from ``q_len * kv_len >= 1024**2`` (``256**2`` if causal
+      or windowed) or where the reference's ``[L, L]`` arrays get large (over 256 MiB of logits),
+      otherwise ``"reference"`` (also whenever weights or dropout are requested).
+      ``"reference"`` (jax.nn's ``"xla"`` is the same) materialises the weights; ``"flash"`` is
+      blockwise with an online softmax and linear memory, skipping the blocks the causal limit or
+      the window hide (no dropout, no weights); ``"cudnn"`` is ``jax.nn``'s fused GPU kernel
+      (fp16/bf16, no mask/bias/lengths/segments/window). All paths are tested against
+      ``"reference"`` and a float64 NumPy version.
+    return_residual: also return the log-sum-exp of each query's logits ``[batch..., q_len,
+      heads]`` (jax.nn's layout; float32, without gradient; ``EMPTY_ROW_LSE`` for a query that
+      sees no key), which is what combining attention over chunks of keys needs.
+    query_segment_ids: int ``[batch..., q_len]``: packed sequences; a query attends only to keys
+      of its own segment.
+    key_value_segment_ids: int ``[batch..., kv_len]``; defaults to ``query_segment_ids`` in
+      self-attention (``q_len == kv_len``).
+    softcap: logits become ``softcap * tanh(logits / softcap)`` before bias and masks (Gemma 2).
     dropout_rate: dropout on the attention weights (inverted: kept weights are divided by
       ``1 - dropout_rate``, so a row of the returned weights may sum to more than one).
     dropout_rng: PRNG key, required when ``dropout_rate > 0``.
     return_weights: also return the attention weights actually applied.
-    implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
-      where it applies, else ``"flash"`` from ``q_len * kv_len >= 1024**2`` (``256**2`` if
-      causal) or where the reference's ``[L, L]`` arrays get large (over 256 MiB of logits),
-      otherwise ``"reference"``, and ``"reference"`` whenever weights or dropout are requested.
-      ``"reference"`` materialises the weights; ``"flash"`` is blockwise with an online softmax
-      and linear memory (no dropout, no weights); ``"cudnn"`` is ``jax.nn``'s fused GPU kernel
-      (fp16/bf16, no mask/bias/lengths). All paths share this signature and are tested against
-      ``"reference"``.
     block_sizes: ``(block_q, block_k)`` for ``"flash"``; default
       :func:`attention_jax.ops.blockwise.default_block_sizes`.
 
   Returns:
-    ``out [batch..., q_len, heads, v_dim]`` in the input dtype, or
-    ``(out, weights [batch..., heads, q_len, kv_len])`` with ``return_weights=True``.
+    ``out [batch..., q_len, heads, v_dim]`` in the input dtype; with ``return_weights`` and/or
+    ``return_residual`` a tuple ``(out, weights [batch..., heads, q_len, kv_len], lse)`` of those
+    asked for, in that order.
 
   Raises:
     ValueError / TypeError at trace time for inconsistent shapes, dtypes, masks or arguments.
   """
   validation.check_dropout(dropout_rate, dropout_rng)
-  query, key, value, scale = _check_and_prepare(
-      query, key, value, bias, mask, query_lengths, key_lengths, scale)
-  impl = _resolve_implementation(implementation, query, key, value, bias, mask, is_causal,
-                                 query_lengths, key_lengths, dropout_rate, return_weights)
-  out, weights = _IMPLEMENTATION_FNS[impl](
-      query, key, value, bias, mask, is_causal, scale, query_lengths, key_lengths,
-      dropout_rate, dropout_rng, block_sizes=block_sizes)
+  lengths = (query_seq_lengths, key_value_seq_lengths)
+  query, key, value, segment_ids = _check_inputs(
+      query, key, value, bias, mask, lengths, (query_segment_ids, key_value_segment_ids))
+  spec = spec_lib.make_spec(
+      scale=scale, head_dim=query.shape[-1], is_causal=is_causal,
+      local_window_size=local_window_size, softcap=softcap, implementation=implementation,
+      block_sizes=block_sizes, dropout_rate=dropout_rate)
+  path = _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths, return_weights)
+  out, weights, lse = _PATHS[path](query, key, value, bias, mask, segment_ids, lengths, spec,
+                                   dropout_rng)
+  extras = []
   if return_weights:
-    return out, weights.astype(query.dtype)
-  return out
+    extras.append(weights.astype(query.dtype))
+  if return_residual:
+    extras.append(jax.lax.stop_gradient(jnp.swapaxes(lse.astype(jnp.float32), -1, -2)))
+  return (out, *extras) if extras else out
 
 
 def attention_weights(
@@ -312,21 +368,28 @@ def attention_weights(
     bias=None,
     mask=None,
     *,
-    is_causal: bool = False,
     scale: float | None = None,
-    query_lengths=None,
-    key_lengths=None,
+    is_causal: bool = False,
+    query_seq_lengths=None,
+    key_value_seq_lengths=None,
+    local_window_size: int | tuple[int, int] | None = None,
+    query_segment_ids=None,
+    key_value_segment_ids=None,
+    softcap: float | None = None,
 ) -> Array:
   """The attention weights ``[batch..., heads, q_len, kv_len]`` (input dtype) for plotting.
 
   Same arguments and semantics as :func:`dot_product_attention`; each unmasked row sums to one,
   a fully masked row is all zeros.
   """
-  query, key, _, scale = _check_and_prepare(
-      query, key, None, bias, mask, query_lengths, key_lengths, scale)
-  weights = _reference_weights(
-      query, key, bias, mask, is_causal, scale, query_lengths, key_lengths)
-  return weights.astype(query.dtype)
+  lengths = (query_seq_lengths, key_value_seq_lengths)
+  query, key, _, segment_ids = _check_inputs(
+      query, key, None, bias, mask, lengths, (query_segment_ids, key_value_segment_ids))
+  spec = spec_lib.make_spec(scale=scale, head_dim=query.shape[-1], is_causal=is_causal,
+                            local_window_size=local_window_size, softcap=softcap)
+  logits = _grouped_logits(query, key, spec.scale, bias, spec.softcap)
+  combined = _combined_mask(mask, spec, segment_ids, lengths, query.shape[-3], key.shape[-3])
+  return masked_softmax(logits, combined).astype(query.dtype)
 
 
 def additive_attention(query, keys, values, w_query, w_key, w_score, mask=None,

@@ -12,8 +12,10 @@ of each query block) and keys/values ``[num_k_blocks, batch, kv_heads, block_k, 
 loop step reads one contiguous block and every block matmul is a batched matmul over contiguous
 rows. The public layout is transposed once on the way in and once on the way out.
 
-Causal attention (bottom-right aligned, as :func:`attention_jax.ops.masks.causal_mask`) loops only
-over the key blocks a query block can see, so blocks above the diagonal cost nothing.
+Causal and sliding-window attention (bottom-right aligned, see :mod:`attention_jax.ops.spec`) loop
+only over the key blocks a query block can see, so blocks above the diagonal or outside the window
+cost nothing: a window of ``w`` costs ``L x w``, not ``L^2``. Packed sequences (segment ids) and
+soft-capped logits are computed inside each block.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from attention_jax.ops.spec import AttentionSpec
 
 Array = jax.Array
 _LOWEST = float(jnp.finfo(jnp.float32).min)
@@ -64,17 +68,20 @@ def _fit_block(length: int, target: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-  """Static (hashable) description of one call; the arrays travel separately."""
+  """Static (hashable) description of one call: the spec's options and the block geometry."""
   block_q: int
   block_k: int
   q_len: int       # unpadded lengths
   kv_len: int
   group: int       # query heads per key/value head
-  is_causal: bool
+  left: int | None   # the band of visible keys around the (bottom-right) diagonal; None = open
+  right: int | None
+  softcap: float | None
   scale: float
   scale_in_query: bool  # True: q was pre-multiplied by scale (full-precision inputs)
   has_query_lengths: bool
   has_key_lengths: bool
+  has_segments: bool
 
   @property
   def offset(self) -> int:
@@ -86,41 +93,57 @@ class _Config:
     """Whether the last key block runs past ``kv_len`` (its tail must be masked)."""
     return self.kv_len % self.block_k != 0
 
+  @property
+  def banded(self) -> bool:
+    return self.left is not None or self.right is not None
 
-# Which key blocks a query block visits. A block is "clear" when neither the causal diagonal nor
-# the key padding cuts through it: its logits need no position mask at all (the user's mask, bias
-# and lengths still apply). Clear blocks come first in every loop, the few cut blocks after, so the
-# position arithmetic is paid only on the diagonal. All bounds are traced int32 scalars.
+
+# Which key blocks a query block visits. Row r sees key c iff r + offset - left <= c <= r + offset +
+# right. A block is "clear" when neither band edge nor the key padding cuts through it: its logits
+# need no position mask at all (the user's mask, bias, segments and lengths still apply). Each loop
+# runs the cut blocks before the band, the clear ones, then the cut ones after, so the position
+# arithmetic is paid only along the band's edges. All bounds are traced int32 scalars.
+
+
+def _three_ranges(start, clear_start, clear_end, end):
+  """``(start, cs, ce, end)`` with ``start <= cs <= ce <= end``: cut ``[start, cs)``, clear
+  ``[cs, ce)``, cut ``[ce, end)``."""
+  end = jnp.maximum(end, start)
+  cs = jnp.clip(clear_start, start, end)
+  ce = jnp.clip(clear_end, cs, end)
+  return start, cs, ce, end
 
 
 def _kv_ranges(cfg: _Config, qi, num_k: int):
-  """``(clear_end, visible_end)``: query block ``qi`` sees key blocks ``[0, visible_end)``, of which
-  ``[0, clear_end)`` need no causal/padding mask."""
+  """The key blocks query block ``qi`` visits, as :func:`_three_ranges`."""
   last_clear = num_k - 1 if cfg.padded_k else num_k
-  if not cfg.is_causal:
-    return last_clear, num_k
-  first_row = qi * cfg.block_q + cfg.offset  # the most restricted row of the block
+  first_row = qi * cfg.block_q + cfg.offset  # rows shifted onto the key axis
   last_row = first_row + cfg.block_q - 1
-  visible_end = jnp.clip((last_row + cfg.block_k) // cfg.block_k, 0, num_k)
-  clear_end = jnp.clip((first_row + 1) // cfg.block_k, 0, last_clear)
-  return clear_end, visible_end
+  start, clear_start, clear_end, end = 0, 0, last_clear, num_k
+  if cfg.left is not None:
+    start = jnp.clip((first_row - cfg.left) // cfg.block_k, 0, num_k)
+    clear_start = -(-jnp.maximum(last_row - cfg.left, 0) // cfg.block_k)
+  if cfg.right is not None:
+    end = jnp.clip((last_row + cfg.right) // cfg.block_k + 1, 0, num_k)
+    clear_end = jnp.minimum((first_row + cfg.right + 1) // cfg.block_k, last_clear)
+  return _three_ranges(start, clear_start, clear_end, end)
 
 
 def _q_ranges(cfg: _Config, kj, num_q: int):
-  """``(first, first_clear)``: key block ``kj`` is seen by query blocks ``[first, num_q)``, of which
-  ``[first_clear, num_q)`` need no causal/padding mask."""
+  """The query blocks that see key block ``kj``, as :func:`_three_ranges`."""
+  first_key = kj * cfg.block_k - cfg.offset  # keys shifted onto the query axis
+  last_key = first_key + cfg.block_k - 1
+  start, clear_start, clear_end, end = 0, 0, num_q, num_q
+  if cfg.right is not None:  # row r sees key c only if r >= c - offset - right
+    start = jnp.clip((first_key - cfg.right) // cfg.block_q, 0, num_q)
+    clear_start = -(-jnp.maximum(last_key - cfg.right, 0) // cfg.block_q)
+  if cfg.left is not None:  # ... and r <= c - offset + left
+    end = jnp.clip((last_key + cfg.left) // cfg.block_q + 1, 0, num_q)
+    clear_end = (first_key + cfg.left + 1) // cfg.block_q
   if cfg.padded_k:
     last_block = kj == (-(-cfg.kv_len // cfg.block_k) - 1)
-  if not cfg.is_causal:
-    first, first_clear = 0, 0
-  else:
-    # Row r sees key c iff c <= r + offset.
-    first = jnp.clip((kj * cfg.block_k - cfg.offset) // cfg.block_q, 0, num_q)
-    last_key = (kj + 1) * cfg.block_k - 1
-    first_clear = jnp.clip(-(-(last_key - cfg.offset) // cfg.block_q), 0, num_q)
-  if cfg.padded_k:
-    first_clear = jnp.where(last_block, num_q, first_clear)
-  return first, first_clear
+    clear_end = jnp.where(last_block, clear_start, clear_end)
+  return _three_ranges(start, clear_start, clear_end, end)
 
 
 def _slice(x, start, size, axis):
@@ -144,13 +167,15 @@ def _block_of(cfg: _Config, x, qi, kj, transposed):
   return jnp.swapaxes(x, -1, -2) if transposed else x
 
 
-def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, transposed=False):
-  """Masked float32 logits of one block.
+def _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj, cut,
+                  transposed=False):
+  """Masked float32 logits of one block, and the soft-cap's derivative (or None).
 
   ``q_blk [b, hk, n, d]`` (``n = group * block_q``), ``k_blk [b, hk, block_k, d]``. Returns
   ``[b, hk, n, block_k]``, or ``[b, hk, block_k, n]`` when ``transposed`` (what the backward pass
-  multiplies without transposing). ``cut`` (static): the block may be cut by the causal diagonal
-  or the key padding, so positions are compared; clear blocks skip that.
+  multiplies without transposing). ``seg``: ``(q_seg [b, block_q], kv_seg [b, block_k])`` of this
+  block, or None. ``cut`` (static): the block may be cut by a band edge or the key padding, so
+  positions are compared; clear blocks skip that.
   """
   if transposed:
     s = jnp.einsum("bhkd,bhnd->bhkn", k_blk, q_blk, preferred_element_type=jnp.float32)
@@ -158,6 +183,10 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, tr
     s = jnp.einsum("bhnd,bhkd->bhnk", q_blk, k_blk, preferred_element_type=jnp.float32)
   if not cfg.scale_in_query:
     s = s * cfg.scale
+  dcap = None
+  if cfg.softcap is not None:
+    t = jnp.tanh(s / cfg.softcap)
+    s, dcap = cfg.softcap * t, 1.0 - t * t
   if bias is not None:
     s = s + _block_of(cfg, bias, qi, kj, transposed).astype(jnp.float32)
   keep = None
@@ -168,14 +197,22 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, tr
   if mask is not None:
     keep = _block_of(cfg, mask, qi, kj, transposed)
   n = cfg.group * cfg.block_q
+  if seg is not None:
+    q_seg, kv_seg = seg
+    q_seg = jnp.tile(q_seg, (1, cfg.group))  # rows are (group, query) flattened, group outer
+    same = (kv_seg[:, None, :, None] == q_seg[:, None, None, :] if transposed
+            else q_seg[:, None, :, None] == kv_seg[:, None, None, :])
+    keep = both(keep, same)
   if cut or cfg.has_query_lengths or cfg.has_key_lengths:
     # Positions of the rows (flattened group x query) and columns, in the block's orientation.
     rows = qi * cfg.block_q + lax.broadcasted_iota(jnp.int32, (n, 1), 0) % cfg.block_q
     cols = kj * cfg.block_k + lax.broadcasted_iota(jnp.int32, (1, cfg.block_k), 1)
     if transposed:
       rows, cols = rows.T, cols.T
-    if cut and cfg.is_causal:
-      keep = both(keep, cols <= rows + cfg.offset)
+    if cut and cfg.right is not None:
+      keep = both(keep, cols <= rows + cfg.offset + cfg.right)
+    if cut and cfg.left is not None:
+      keep = both(keep, cols >= rows + cfg.offset - cfg.left)
     if cut and cfg.padded_k and not cfg.has_key_lengths:
       keep = both(keep, cols < cfg.kv_len)
     if cfg.has_key_lengths:  # k_lens already clipped to kv_len
@@ -184,11 +221,12 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut, tr
       keep = both(keep, rows[None, None] < q_lens[:, None, None, None])
   if keep is not None:
     s = jnp.where(keep, s, -jnp.inf)
-  return s
+  return s, dcap
 
 
-def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
-  """Block-major inputs ``q [nq, b, hk, n, d]``, ``k/v [nk, b, hk, block_k, d|dv]``.
+def _forward(cfg: _Config, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
+  """Block-major inputs ``q [nq, b, hk, n, d]``, ``k/v [nk, b, hk, block_k, d|dv]``, segment ids
+  ``q_seg [nq, b, block_q]``, ``kv_seg [nk, b, block_k]`` (or None).
 
   Returns ``out [nq, b, hk, n, dv]`` and ``lse [nq, b, hk, n]``, both float32: the backward
   pass needs the output unrounded (``delta = rowsum(dO * O)`` from a bfloat16 ``O`` gave a bias
@@ -200,14 +238,17 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
   num_k = k.shape[0]
 
   def q_block(_, xs):
-    qi, q_blk = xs
+    qi, q_blk, q_seg_blk = xs
 
     def k_block(cut):
       def step(kj, state):
         acc, m, l = state
         k_blk = lax.dynamic_index_in_dim(k, kj, 0, keepdims=False)
         v_blk = lax.dynamic_index_in_dim(v, kj, 0, keepdims=False)
-        s = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut)
+        seg = None
+        if cfg.has_segments:
+          seg = (q_seg_blk, lax.dynamic_index_in_dim(kv_seg, kj, 0, keepdims=False))
+        s, _ = _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj, cut)
         # Rows with nothing visible yet keep the lowest float32 as their max: exp(-inf - max) is
         # still 0 for their masked logits.
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
@@ -225,10 +266,12 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
     state = (jnp.zeros((b, hk, n, dv), jnp.float32),
              jnp.full((b, hk, n), _LOWEST, jnp.float32),
              jnp.zeros((b, hk, n), jnp.float32))
-    clear_end, visible_end = _kv_ranges(cfg, qi, num_k)
-    state = lax.fori_loop(0, clear_end, k_block(False), state)
-    if cfg.is_causal or cfg.padded_k:
-      state = lax.fori_loop(clear_end, visible_end, k_block(True), state)
+    start, clear_start, clear_end, end = _kv_ranges(cfg, qi, num_k)
+    if cfg.left is not None:
+      state = lax.fori_loop(start, clear_start, k_block(True), state)
+    state = lax.fori_loop(clear_start, clear_end, k_block(False), state)
+    if cfg.right is not None or cfg.padded_k:
+      state = lax.fori_loop(clear_end, end, k_block(True), state)
     acc, m, l = state
     visible = l > 0.0
     o_blk = acc / jnp.where(visible, l, 1.0)[..., None]
@@ -236,7 +279,8 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_lens, k_lens):
     return None, (o_blk, lse_blk)
 
   # A scan writes each block's output once into the stacked result: no zero-filled buffer.
-  _, (out, lse) = lax.scan(q_block, None, (jnp.arange(q.shape[0]), q))
+  q_segs = q_seg if cfg.has_segments else jnp.zeros((q.shape[0],), jnp.int32)
+  _, (out, lse) = lax.scan(q_block, None, (jnp.arange(q.shape[0]), q, q_segs))
   return out, lse
 
 
@@ -245,7 +289,8 @@ def _backward(cfg: _Config, res, d_out):
   ``dq`` (kept transposed) in place. Each block is recomputed transposed (``[keys, queries]``), so
   ``dv = P^T dO``, ``dk = dS^T Q`` and ``dq^T = K^T dS^T`` are all plain (non-transposed-operand)
   matmuls: on CPU a transposed operand costs a copy or a slower kernel per block (measured).""" 
-  q, k, v, bias, mask, q_lens, k_lens, out, lse = res
+  q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens, out, lse = res
+  d_out, _ = d_out  # the log-sum-exp leaves the op without gradient
   num_q, b, hk, n, _ = q.shape
   g = cfg.group
   # D_i = sum_d dO * O: the softmax-Jacobian term, one float32 per query row.
@@ -259,15 +304,16 @@ def _backward(cfg: _Config, res, d_out):
 
   def k_block(carry, xs):
     dq, dbias = carry
-    kj, k_blk, k_t_blk, v_blk = xs
+    kj, k_blk, k_t_blk, v_blk, kv_seg_blk = xs
     k0 = kj * cfg.block_k
 
     def q_block(cut):
       def step(qi, state):
         dq, dk_blk, dv_blk, dbias = state
         q_blk, do_blk, lse_blk, delta_blk = (row(x, qi) for x in (q, d_out, lse, delta))
-        s_t = _block_logits(cfg, q_blk, k_blk, bias, mask, q_lens, k_lens, qi, kj, cut,
-                            transposed=True)  # [b, hk, block_k, n]
+        seg = (row(q_seg, qi), kv_seg_blk) if cfg.has_segments else None
+        s_t, dcap_t = _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj,
+                                    cut, transposed=True)  # [b, hk, block_k, n]
         p_t = jnp.exp(s_t - lse_blk[:, :, None, :])
         dv_blk = dv_blk + jnp.einsum("bhkn,bhnd->bhkd", p_t.astype(do_blk.dtype), do_blk,
                                      preferred_element_type=jnp.float32)
@@ -281,6 +327,8 @@ def _backward(cfg: _Config, res, d_out):
           starts = (0, 0, 0, q_start, k_start)
           old = lax.dynamic_slice(dbias, starts, db.shape)
           dbias = lax.dynamic_update_slice(dbias, old + db, starts)
+        if dcap_t is not None:  # through softcap * tanh(x / softcap)
+          ds_t = ds_t * dcap_t
         if not cfg.scale_in_query:
           ds_t = ds_t * cfg.scale
         ds_t = ds_t.astype(q.dtype)
@@ -294,30 +342,37 @@ def _backward(cfg: _Config, res, d_out):
       return step
 
     state = (dq, jnp.zeros(k_blk.shape, jnp.float32), jnp.zeros(v_blk.shape, jnp.float32), dbias)
-    first, first_clear = _q_ranges(cfg, kj, num_q)
-    if cfg.is_causal or cfg.padded_k:
-      state = lax.fori_loop(first, first_clear, q_block(True), state)
-    state = lax.fori_loop(first_clear, num_q, q_block(False), state)
+    start, clear_start, clear_end, end = _q_ranges(cfg, kj, num_q)
+    if cfg.right is not None:
+      state = lax.fori_loop(start, clear_start, q_block(True), state)
+    state = lax.fori_loop(clear_start, clear_end, q_block(False), state)
+    if cfg.left is not None or cfg.padded_k:
+      state = lax.fori_loop(clear_end, end, q_block(True), state)
     dq, dk_blk, dv_blk, dbias = state
     return (dq, dbias), (dk_blk.astype(k.dtype), dv_blk.astype(v.dtype))
 
   dbias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
   dq_t0 = jnp.zeros(q.shape[:3] + (q.shape[4], n), jnp.float32)  # [nq, b, hk, d, n]
+  kv_segs = kv_seg if cfg.has_segments else jnp.zeros((k.shape[0],), jnp.int32)
   (dq_t, dbias), (dk, dv) = lax.scan(
-      k_block, (dq_t0, dbias0), (jnp.arange(k.shape[0]), k, jnp.swapaxes(k, -1, -2), v))
+      k_block, (dq_t0, dbias0),
+      (jnp.arange(k.shape[0]), k, jnp.swapaxes(k, -1, -2), v, kv_segs))
   dq = jnp.swapaxes(dq_t, -1, -2)
   dbias = None if bias is None else dbias.astype(bias.dtype)
-  return dq.astype(q.dtype), dk, dv, dbias, None, None, None
+  return dq.astype(q.dtype), dk, dv, dbias, None, None, None, None, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash_core(cfg, q, k, v, bias, mask, q_lens, k_lens):
-  return _forward(cfg, q, k, v, bias, mask, q_lens, k_lens)[0].astype(q.dtype)
+def _flash_core(cfg, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
+  """``(out in q's dtype, lse float32)``; ``lse`` is ``_HIGHEST`` where a row sees no key."""
+  out, lse = _forward(cfg, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens)
+  return out.astype(q.dtype), lse
 
 
-def _flash_core_fwd(cfg, q, k, v, bias, mask, q_lens, k_lens):
-  out, lse = _forward(cfg, q, k, v, bias, mask, q_lens, k_lens)
-  return out.astype(q.dtype), (q, k, v, bias, mask, q_lens, k_lens, out, lse)
+def _flash_core_fwd(cfg, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
+  out, lse = _forward(cfg, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens)
+  return (out.astype(q.dtype), lse), (q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens, out,
+                                      lse)
 
 
 _flash_core.defvjp(_flash_core_fwd, _backward)
@@ -342,31 +397,30 @@ def _to_5d(x, batch, heads, kv_heads, q_len, kv_len, pad_q, pad_k, fill):
   return x
 
 
-def flash_attention(query, key, value, bias=None, mask=None, *, is_causal=False, scale,
-                    query_lengths=None, key_lengths=None, block_sizes=None) -> Array:
+def flash_attention(query, key, value, bias, mask, segment_ids, lengths,
+                    spec: AttentionSpec) -> tuple[Array, Array]:
   """Blockwise attention with linear memory; same semantics as the reference path.
 
   Args:
     query: ``[batch..., q_len, heads, head_dim]``.
     key: ``[batch..., kv_len, kv_heads, head_dim]``.
     value: ``[batch..., kv_len, kv_heads, v_dim]``.
-    bias, mask: broadcastable to ``[batch..., heads, q_len, kv_len]`` (sliced per block).
-    is_causal: bottom-right aligned causal mask; key blocks above the diagonal are skipped.
-    scale: multiplies the logits.
-    query_lengths, key_lengths: int ``[batch...]`` or ``None``.
-    block_sizes: ``(block_q, block_k)``; default :func:`default_block_sizes`.
+    bias, mask: broadcastable to ``[batch..., heads, q_len, kv_len]`` (sliced per block), or None.
+    segment_ids: ``(query_segment_ids [batch..., q_len], key_value_segment_ids [batch...,
+      kv_len])`` or None.
+    lengths: ``(query_seq_lengths, key_value_seq_lengths)``, each int ``[batch...]`` or None.
+    spec: the call's options; the causal limit and the window skip the key blocks they hide.
 
   Returns:
-    ``[batch..., q_len, heads, v_dim]`` in the input dtype.
+    ``(out [batch..., q_len, heads, v_dim]`` in the input dtype, ``lse [batch..., heads, q_len]``
+    float32, the float32 lowest where a query sees no key).
   """
   *batch, q_len, heads, head_dim = query.shape
   kv_len, kv_heads = key.shape[-3], key.shape[-2]
   v_dim = value.shape[-1]
   group = heads // kv_heads
-  bq, bk = block_sizes or default_block_sizes(
+  bq, bk = spec.block_sizes or default_block_sizes(
       q_len, kv_len, batch_heads=math.prod(batch) * heads)
-  if bq <= 0 or bk <= 0:
-    raise ValueError(f"implementation='flash' needs positive block_sizes, got {(bq, bk)}")
   nb = math.prod(batch)
   lq_pad, lk_pad = -(-q_len // bq) * bq, -(-kv_len // bk) * bk
   acc = jnp.promote_types(query.dtype, jnp.float32)
@@ -375,7 +429,7 @@ def flash_attention(query, key, value, bias=None, mask=None, *, is_causal=False,
   # Block-major layout: each loop step reads one contiguous block.
   q = query.reshape(nb, q_len, kv_heads, group, head_dim)
   if scale_in_query:
-    q = q * jnp.asarray(scale, q.dtype)
+    q = q * jnp.asarray(spec.scale, q.dtype)
   q = jnp.pad(q, [(0, 0), (0, lq_pad - q_len), (0, 0), (0, 0), (0, 0)])
   q = q.reshape(nb, num_q, bq, kv_heads, group, head_dim).transpose(1, 0, 3, 4, 2, 5)
   q = q.reshape(num_q, nb, kv_heads, group * bq, head_dim)
@@ -390,15 +444,31 @@ def flash_attention(query, key, value, bias=None, mask=None, *, is_causal=False,
   bias5 = None if bias is None else _to_5d(bias, *shape_args, fill=0)
   mask5 = None if mask is None else _to_5d(mask, *shape_args, fill=False)
 
-  def lengths(x, limit):
+  def segment_blocks(x, length, padded, block, fill):
+    x = jnp.asarray(x, jnp.int32).reshape(nb, length)
+    x = jnp.pad(x, [(0, 0), (0, padded - length)], constant_values=fill)
+    return x.reshape(nb, padded // block, block).transpose(1, 0, 2)  # [blocks, b, block]
+
+  q_seg = kv_seg = None
+  if segment_ids is not None:
+    # Padded rows and columns get ids no real token has, and differ from each other.
+    low = int(jnp.iinfo(jnp.int32).min)
+    q_seg = segment_blocks(segment_ids[0], q_len, lq_pad, bq, low)
+    kv_seg = segment_blocks(segment_ids[1], kv_len, lk_pad, bk, low + 1)
+
+  def lengths_of(x, limit):
     if x is None:
       return None
     return jnp.minimum(jnp.broadcast_to(jnp.asarray(x), tuple(batch)).reshape(nb), limit)
 
-  q_lens, k_lens = lengths(query_lengths, q_len), lengths(key_lengths, kv_len)
-  cfg = _Config(bq, bk, q_len, kv_len, group, bool(is_causal), float(scale), scale_in_query,
-                q_lens is not None, k_lens is not None)
-  out = _flash_core(cfg, q, k, v, bias5, mask5, q_lens, k_lens)  # [nq, b, hk, g * bq, dv]
+  q_lens, k_lens = lengths_of(lengths[0], q_len), lengths_of(lengths[1], kv_len)
+  left, right = spec.band
+  cfg = _Config(bq, bk, q_len, kv_len, group, left, right, spec.softcap, spec.scale,
+                scale_in_query, q_lens is not None, k_lens is not None, q_seg is not None)
+  out, lse = _flash_core(cfg, q, k, v, bias5, mask5, q_seg, kv_seg, q_lens, k_lens)
   out = out.reshape(num_q, nb, kv_heads, group, bq, v_dim).transpose(1, 0, 4, 2, 3, 5)
-  out = out.reshape(nb, lq_pad, heads, v_dim)[:, :q_len]
-  return out.reshape(*batch, q_len, heads, v_dim)
+  out = out.reshape(nb, lq_pad, heads, v_dim)[:, :q_len].reshape(*batch, q_len, heads, v_dim)
+  lse = jnp.where(lse == _HIGHEST, _LOWEST, lse)  # [nq, b, hk, g * bq]
+  lse = lse.reshape(num_q, nb, kv_heads, group, bq).transpose(1, 2, 3, 0, 4)
+  lse = lse.reshape(nb, heads, lq_pad)[:, :, :q_len].reshape(*batch, heads, q_len)
+  return out, lax.stop_gradient(lse)

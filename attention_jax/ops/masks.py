@@ -35,25 +35,27 @@ def length_mask(lengths: jnp.ndarray, max_len: int) -> jnp.ndarray:
   return jnp.arange(max_len) < lengths[..., None]
 
 
-def padding_mask(query_lengths, key_lengths, q_len: int, kv_len: int) -> jnp.ndarray:
+def padding_mask(query_seq_lengths, key_value_seq_lengths, q_len: int, kv_len: int) -> jnp.ndarray:
   """Mask of the valid (unpadded) query/key pairs.
 
   Args:
-    query_lengths: int ``[batch...]`` valid query counts, or ``None`` (all valid).
-    key_lengths: int ``[batch...]`` valid key counts, or ``None`` (all valid).
+    query_seq_lengths: int ``[batch...]`` valid query counts, or ``None`` (all valid).
+    key_value_seq_lengths: int ``[batch...]`` valid key counts, or ``None`` (all valid).
     q_len: padded query length.
     kv_len: padded key length.
 
   Returns:
     bool ``[batch..., 1, q_len, kv_len]`` (the ``1`` broadcasts over heads).
   """
-  if query_lengths is None and key_lengths is None:
+  if query_seq_lengths is None and key_value_seq_lengths is None:
     return jnp.ones((1, q_len, kv_len), dtype=bool)
   q_valid = (
-      jnp.ones((1, q_len), bool) if query_lengths is None else length_mask(query_lengths, q_len)
+      jnp.ones((1, q_len), bool) if query_seq_lengths is None
+      else length_mask(query_seq_lengths, q_len)
   )
   k_valid = (
-      jnp.ones((1, kv_len), bool) if key_lengths is None else length_mask(key_lengths, kv_len)
+      jnp.ones((1, kv_len), bool) if key_value_seq_lengths is None
+      else length_mask(key_value_seq_lengths, kv_len)
   )
   mask = q_valid[..., :, None] & k_valid[..., None, :]
   return mask[..., None, :, :]

@@ -95,6 +95,14 @@ def check_lengths(name: str, lengths: Any, batch_shape: tuple[int, ...]) -> None
         f"(one valid length per sequence)")
 
 
+def check_segment_ids(name: str, segment_ids: Any, shape: tuple[int, ...]) -> None:
+  if not jnp.issubdtype(dtype_of(segment_ids), jnp.integer):
+    raise TypeError(f"{name} must be integers, got dtype {dtype_of(segment_ids)}")
+  if shape_of(segment_ids) != shape:
+    raise ValueError(f"{name} has shape {shape_of(segment_ids)} but must be {shape} "
+                     f"([batch..., length]: one segment id per position)")
+
+
 def check_mask_and_bias(mask: Any, bias: Any, logits_shape: tuple[int, ...]) -> None:
   desc = "[batch..., heads, q_len, kv_len]"
   if mask is not None:

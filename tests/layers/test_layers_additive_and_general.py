@@ -148,9 +148,9 @@ def test_attention_layer_equals_the_lecture_equations():
   assert y.shape == (2, 3, 7) and weights.shape == (2, 3, 5)
   np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(y, expected_weights @ v, rtol=1e-5, atol=1e-6)
-  # A mask over the inputs only ([N_X]) and key_lengths broadcast the same way.
+  # A mask over the inputs only ([N_X]) and key_value_seq_lengths broadcast the same way.
   lengths = jnp.array([2, 5])
-  by_lengths = layer.apply(variables, queries, inputs, key_lengths=lengths)
+  by_lengths = layer.apply(variables, queries, inputs, key_value_seq_lengths=lengths)
   by_mask = layer.apply(variables, queries, inputs,
                         mask=jnp.arange(5)[None, None, :] < lengths[:, None, None])
   np.testing.assert_allclose(by_lengths, by_mask, rtol=1e-6)

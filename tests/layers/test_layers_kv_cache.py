@@ -57,11 +57,11 @@ def test_jitted_decoding_with_key_lengths_and_two_batch_axes():
   variables = decoder.init(jax.random.key(1), x)
   params = variables["params"]
   lengths = jnp.array([[9, 6, 2], [5, 9, 1]])
-  expected = full.apply({"params": params}, x, key_lengths=lengths)
+  expected = full.apply({"params": params}, x, key_value_seq_lengths=lengths)
 
   @jax.jit
   def step(cache, chunk):
-    return decoder.apply({"params": params, "cache": cache}, chunk, key_lengths=lengths,
+    return decoder.apply({"params": params, "cache": cache}, chunk, key_value_seq_lengths=lengths,
                          mutable=["cache"])
 
   out, cache = _decode(decoder, params, variables["cache"], x, step=step)

@@ -113,7 +113,7 @@ def test_multi_query_attention_and_lengths():
   mqa = layers.MultiHeadAttention(num_heads=4, num_kv_heads=1)
   variables = mqa.init(jax.random.key(0), q, kv)
   lengths = jnp.array([7, 3])
-  out, state = mqa.apply(variables, q, kv, key_lengths=lengths, sow_weights=True,
+  out, state = mqa.apply(variables, q, kv, key_value_seq_lengths=lengths, sow_weights=True,
                          mutable=["intermediates"])
   (weights,) = state["intermediates"]["attention_weights"]
   assert out.shape == (B, TQ, F) and weights.shape == (B, 4, TQ, TKV)
@@ -121,7 +121,7 @@ def test_multi_query_attention_and_lengths():
   np.testing.assert_array_equal(weights[1, ..., 3:], 0.0)
   # Keys beyond the length change nothing.
   kv_changed = kv.at[1, 3:].set(100.0)
-  np.testing.assert_allclose(mqa.apply(variables, q, kv_changed, key_lengths=lengths)[1],
+  np.testing.assert_allclose(mqa.apply(variables, q, kv_changed, key_value_seq_lengths=lengths)[1],
                              out[1], rtol=1e-5, atol=1e-5)
 
 
@@ -212,8 +212,8 @@ def test_errors_name_arguments_and_shapes():
     mha.apply(variables, q, kv, inputs_kv=kv)
   with pytest.raises(ValueError, match="mask of shape"):
     mha.apply(variables, q, kv, mask=jnp.ones((TQ, TQ), bool))
-  with pytest.raises(ValueError, match="key_lengths has shape"):
-    mha.apply(variables, q, kv, key_lengths=jnp.array([1, 2, 3]))
+  with pytest.raises(ValueError, match="key_value_seq_lengths has shape"):
+    mha.apply(variables, q, kv, key_value_seq_lengths=jnp.array([1, 2, 3]))
   with pytest.raises(ValueError, match="qkv_features=16 must be divisible by num_heads=3"):
     layers.MultiHeadAttention(num_heads=3).init(jax.random.key(0), q)
   with pytest.raises(ValueError, match="num_heads=4 must be a multiple of num_kv_heads=3"):

@@ -68,14 +68,14 @@ def test_padding_is_not_attended_and_weights_are_sown():
   block = _block()
   variables = block.init(jax.random.key(3), x)
   lengths = jnp.array([6, 4])
-  out, state = block.apply(variables, x, key_lengths=lengths, sow_weights=True,
+  out, state = block.apply(variables, x, key_value_seq_lengths=lengths, sow_weights=True,
                            mutable=["intermediates"])
   (weights,) = state["intermediates"]["attention"]["attention_weights"]
   assert weights.shape == (B, 4, T, T)
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(weights[1, ..., 4:], 0.0)
   changed = x.at[1, 4:].set(50.0)
-  np.testing.assert_allclose(block.apply(variables, changed, key_lengths=lengths)[1, :4],
+  np.testing.assert_allclose(block.apply(variables, changed, key_value_seq_lengths=lengths)[1, :4],
                              out[1, :4], rtol=1e-5, atol=1e-5)
   mask = jnp.arange(T) < lengths[:, None, None, None]
   np.testing.assert_allclose(block.apply(variables, x, mask=mask), out, rtol=1e-5, atol=1e-5)

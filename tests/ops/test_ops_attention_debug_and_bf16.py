@@ -18,7 +18,7 @@ def _qkv(dtype=jnp.float32, seed=0):
 MASKINGS = {
     "causal": dict(is_causal=True),
     "mask": dict(mask=jnp.tril(jnp.ones((L, L), bool))),
-    "lengths": dict(query_lengths=jnp.array([L, 5]), key_lengths=jnp.array([L, 0])),
+    "lengths": dict(query_seq_lengths=jnp.array([L, 5]), key_value_seq_lengths=jnp.array([L, 0])),
 }
 
 

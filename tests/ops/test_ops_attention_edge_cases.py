@@ -26,9 +26,9 @@ def loss_and_grads(q, k, v, **kwargs):
 
 FULLY_MASKED_CASES = {
     "mask all false": dict(mask=jnp.zeros((4, 6), bool)),
-    "fully padded keys": dict(key_lengths=jnp.array([0, 0])),
-    "fully padded queries": dict(query_lengths=jnp.array([0, 0])),
-    "causal with kv padding": dict(is_causal=True, key_lengths=jnp.array([1, 0])),
+    "fully padded keys": dict(key_value_seq_lengths=jnp.array([0, 0])),
+    "fully padded queries": dict(query_seq_lengths=jnp.array([0, 0])),
+    "causal with kv padding": dict(is_causal=True, key_value_seq_lengths=jnp.array([1, 0])),
     "causal with fewer keys than queries": dict(is_causal=True),
 }
 
@@ -154,16 +154,17 @@ BAD_INPUTS = [
      r"mask must be a boolean array"),
     ("bias broadcast", None, dict(bias=jnp.ones((3, 4, 4, 6))), ValueError,
      r"bias of shape \(3, 4, 4, 6\) does not broadcast"),
-    ("lengths shape", None, dict(key_lengths=jnp.array([1, 2, 3])), ValueError,
-     r"key_lengths has shape \(3,\) but must have the batch shape \(2,\)"),
-    ("lengths dtype", None, dict(query_lengths=jnp.array([1.0, 2.0])), TypeError,
-     r"query_lengths must be integers"),
+    ("lengths shape", None, dict(key_value_seq_lengths=jnp.array([1, 2, 3])), ValueError,
+     r"key_value_seq_lengths has shape \(3,\) but must have the batch shape \(2,\)"),
+    ("lengths dtype", None, dict(query_seq_lengths=jnp.array([1.0, 2.0])), TypeError,
+     r"query_seq_lengths must be integers"),
     ("dropout rng", None, dict(dropout_rate=0.1), ValueError,
      r"dropout_rate=0.1 needs a dropout_rng"),
     ("dropout rate", None, dict(dropout_rate=1.0, dropout_rng=jax.random.key(0)), ValueError,
      r"dropout_rate must be in \[0, 1\)"),
     ("implementation", None, dict(implementation="fastest"), ValueError,
-     r"implementation must be one of \['cudnn', 'flash', 'reference'\] or None, got 'fastest'"),
+     r"implementation must be one of \['cudnn', 'flash', 'reference', 'xla'\] or None, "
+     r"got 'fastest'"),
 ]
 
 

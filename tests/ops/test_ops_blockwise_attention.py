@@ -36,8 +36,8 @@ def extras(seed, batch, q_len, kv_len, heads, with_mask, with_bias, with_lengths
   if with_bias:
     kwargs["bias"] = jnp.asarray(rng.normal(size=(heads, q_len, kv_len)), jnp.float32)
   if with_lengths and batch:
-    kwargs["key_lengths"] = jnp.asarray(rng.integers(0, kv_len + 1, size=batch))
-    kwargs["query_lengths"] = jnp.asarray(rng.integers(0, q_len + 1, size=batch))
+    kwargs["key_value_seq_lengths"] = jnp.asarray(rng.integers(0, kv_len + 1, size=batch))
+    kwargs["query_seq_lengths"] = jnp.asarray(rng.integers(0, q_len + 1, size=batch))
   return kwargs
 
 
@@ -101,8 +101,8 @@ def test_flash_bf16_statistics_in_float32():
 def test_flash_fully_masked_rows_zero_output_and_grads():
   q, k, v = make_inputs(3, (2,), 12, 20, 2, 2, 8, 8)
   mask = jnp.ones((2, 2, 12, 20), bool).at[0, :, 3].set(False).at[1, 1, :5].set(False)
-  key_lengths = jnp.array([20, 0])  # the second example has no keys at all
-  kwargs = dict(mask=mask, key_lengths=key_lengths)
+  key_value_seq_lengths = jnp.array([20, 0])  # the second example has no keys at all
+  kwargs = dict(mask=mask, key_value_seq_lengths=key_value_seq_lengths)
   out, (dq, dk, dv) = assert_matches_reference(q, k, v, kwargs, (8, 8), atol=2e-5)
   for x in (out, dq, dk, dv):
     assert np.all(np.isfinite(np.asarray(x)))
@@ -143,7 +143,7 @@ def test_default_picks_flash_for_long_inputs_and_reference_for_weights():
     ("flash", dict(dropout_rate=0.1, dropout_rng=jax.random.key(0)),
      r"implementation='flash' does not support dropout"),
     ("flash", dict(return_weights=True), r"implementation='flash' cannot return the attention"),
-    ("flash", dict(block_sizes=(0, 8)), r"implementation='flash' needs positive block_sizes"),
+    ("flash", dict(block_sizes=(0, 8)), r"block_sizes must be positive, got \(0, 8\)"),
     ("cudnn", {}, r"implementation='cudnn' needs a GPU"),
 ])
 def test_unsupported_combinations_name_the_implementation(implementation, kwargs, match):

@@ -1,4 +1,5 @@
-"""ops.dot_product_attention and ops.attention_weights against jax.nn, flax and a float64 NumPy reference."""
+"""ops.dot_product_attention and ops.attention_weights against jax.nn, flax and a float64 NumPy
+reference."""
 
 import flax.linen as nn
 import jax
@@ -93,7 +94,7 @@ def test_matches_float64_numpy_reference_with_everything(shape):
   q_lengths = jnp.asarray(rng.integers(0, q_len + 1, size=batch), jnp.int32)
   k_lengths = jnp.asarray(rng.integers(0, kv_len + 1, size=batch), jnp.int32)
   kwargs = dict(bias=bias, mask=mask, is_causal=True, scale=0.3,
-                query_lengths=q_lengths, key_lengths=k_lengths)
+                query_seq_lengths=q_lengths, key_value_seq_lengths=k_lengths)
   out, weights = ops.dot_product_attention(q, k, v, return_weights=True, **kwargs)
   ref_out, ref_weights = reference_numpy.attention(q, k, v, **kwargs)
   np.testing.assert_allclose(out, ref_out, atol=3e-6, rtol=1e-5)
@@ -103,7 +104,8 @@ def test_matches_float64_numpy_reference_with_everything(shape):
 
 def test_weights_rows_sum_to_one_or_zero():
   q, k, v = make_qkv(9, (2,), 6, 6, 2, 2, 8, 8)
-  _, w = ops.dot_product_attention(q, k, v, key_lengths=jnp.array([0, 4]), return_weights=True)
+  _, w = ops.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.array([0, 4]),
+                                   return_weights=True)
   sums = np.asarray(w).sum(-1)
   np.testing.assert_allclose(sums[0], 0.0)
   np.testing.assert_allclose(sums[1], 1.0, rtol=1e-6)
@@ -129,7 +131,7 @@ def test_gradients_match_finite_differences():
 
     def f(q, k, v, bias):
       return ops.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=True,
-                                       key_lengths=jnp.array([6, 3]))
+                                       key_value_seq_lengths=jnp.array([6, 3]))
 
     check_grads(f, (q, k, v, bias), order=2, modes=("rev", "fwd"), eps=1e-6, atol=1e-5, rtol=1e-5)
 
