@@ -91,7 +91,7 @@ def _combined_mask(mask, spec: AttentionSpec, segment_ids, lengths, q_len, kv_le
   if segment_ids is not None:
     q_seg, kv_seg = segment_ids
     combined = both(combined, (q_seg[..., :, None] == kv_seg[..., None, :])[..., None, :, :])
-  if lengths != (None, None):
+  if any(x is not None for x in lengths):
     combined = both(combined, masks_lib.padding_mask(*lengths, q_len, kv_len))
   return combined
 
@@ -146,7 +146,7 @@ def _check_inputs(query, key, value, bias, mask, lengths, segment_ids):
   validation.check_mask_and_bias(mask, bias, (*batch, heads, q_len, kv_len))
   validation.check_lengths("query_seq_lengths", lengths[0], batch)
   validation.check_lengths("key_value_seq_lengths", lengths[1], batch)
-  if segment_ids != (None, None):
+  if any(x is not None for x in segment_ids):
     q_seg, kv_seg = segment_ids
     if q_seg is None or kv_seg is None:
       if q_len != kv_len:
@@ -206,7 +206,8 @@ def _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths,
   return (query.ndim == 4 and query.dtype in (jnp.bfloat16, jnp.float16)
           and key.dtype == query.dtype and value.dtype == query.dtype
           and value.shape[-1] == head_dim and head_dim % 8 == 0 and head_dim <= 128
-          and bias is None and mask is None and segment_ids is None and lengths == (None, None)
+          and bias is None and mask is None and segment_ids is None
+          and all(x is None for x in lengths)
           and spec.window is None and spec.softcap is None and spec.dropout_rate == 0.0
           and (not spec.is_causal or q_len == kv_len))
 

@@ -242,3 +242,20 @@ def test_bad_options_are_named(name, kwargs, error, match):
   q, k, v, _ = _inputs(6, 1, 8, kv_len, 2, 2, 4)
   with pytest.raises(error, match=match):
     ops.dot_product_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "flash"])
+def test_traced_lengths_and_segments_under_jit(implementation):
+  q, k, v, _ = _inputs(7, 2, 16, 16, 2, 2, 4)
+  lengths = jnp.asarray([16, 9], jnp.int32)
+  segments = jnp.asarray([[0] * 8 + [1] * 8, [3] * 16], jnp.int32)
+
+  @jax.jit
+  def attend(q, k, v, lengths, segments):
+    return ops.dot_product_attention(q, k, v, query_seq_lengths=lengths,
+                                     key_value_seq_lengths=lengths, query_segment_ids=segments,
+                                     implementation=implementation)
+
+  want, _ = reference_numpy.attention(q, k, v, query_seq_lengths=lengths,
+                                      key_value_seq_lengths=lengths, query_segment_ids=segments)
+  np.testing.assert_allclose(attend(q, k, v, lengths, segments), want, atol=2e-5)
