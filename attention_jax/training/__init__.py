@@ -40,7 +40,7 @@ from attention_jax.training.config import (
 from attention_jax.training.config_json import config_to_dict, load_config_json, save_config_json
 from attention_jax.training.evaluation import evaluate
 from attention_jax.training.flags import define_config_flags
-from attention_jax.training.launch import run_experiment
+from attention_jax.training.launch import run_experiment, run_experiment_folder
 from attention_jax.training.loop import train
 from attention_jax.training.metric_writers import (
     JsonlWriter,
@@ -59,8 +59,8 @@ __all__ = [
     "Checkpointer", "JsonlWriter", "OPTIMIZERS", "SCHEDULES", "SummaryWriter", "TrainState",
     "abstract_like", "accumulate", "atomic_write_text", "classification_sums", "config_to_dict",
     "create_train_state", "default_training_config", "define_config_flags", "evaluate",
-    "load_config_json", "make_eval_step", "make_optimizer", "make_progress_bar",
-    "make_schedule", "make_train_step", "read_jsonl", "run_experiment", "save_config_json",
+    "load_config_json", "make_eval_step", "make_optimizer", "make_progress_bar", "make_schedule",
+    "make_train_step", "read_jsonl", "run_experiment", "run_experiment_folder", "save_config_json",
     "summarize", "train", "train_teacher_forced", "validate_training_config",
     "warmup_rsqrt_schedule", "write_eval_json", "write_json",
 ]

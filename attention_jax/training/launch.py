@@ -1,16 +1,18 @@
-"""The ``__main__`` of an experiment script: its flags, a quiet console, then the run.
+"""The ``__main__`` of an experiment: its flags, a quiet console, then the run.
 
-An experiment's ``train.py`` ends with::
+``experiments/<name>/__main__.py`` is::
 
   if __name__ == "__main__":
-    training.run_experiment(run, config_file=CONFIG_FILE, workdir="runs/<name>")
+    training.run_experiment_folder(train.run, __file__)
 
-where ``run(config, workdir)`` trains and evaluates. Flags are defined only when a script runs,
-so experiment modules can be imported side by side.
+where ``train.run(config, workdir)`` trains and evaluates; ``--config`` defaults to the folder's
+``config.py`` and ``--workdir`` to ``runs/<name>``, so a copied folder runs under its new name.
+Flags are defined only when a script runs, so experiment modules can be imported side by side.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from absl import app
@@ -46,3 +48,11 @@ def run_experiment(run: Callable[[Any, str], Any], *, config_file: str, workdir:
     run(flags.FLAGS.config, flags.FLAGS.workdir or workdir)
 
   app.run(main)
+
+
+def run_experiment_folder(run: Callable[[Any, str], Any], main_file: str) -> None:
+  """:func:`run_experiment` for ``experiments/<name>/__main__.py`` (``main_file``): the config is
+  the folder's ``config.py``, the default workdir ``runs/<name>``."""
+  folder = os.path.dirname(os.path.abspath(main_file))
+  run_experiment(run, config_file=os.path.join(folder, "config.py"),
+                 workdir=os.path.join("runs", os.path.basename(folder)))

@@ -5,6 +5,7 @@ import json
 from experiments import demo
 
 
+@pytest.mark.slow  # make test-all; a learning curve, ~40 s
 def test_demo_learns_reversal_through_attention(tmp_path, check_png):
   result = demo.run(str(tmp_path), steps=250, length=8, seed=1)
   assert result["test_accuracy"] > 0.95

@@ -169,6 +169,7 @@ def test_a_failing_run_names_itself_and_its_log(tmp_path):
   assert "no_such_preset" in (workdir / "cnn_self_attention.log").read_text()
 
 
+@pytest.mark.slow  # make test-all; runs two experiments, ~40 s
 def test_tiny_preset_end_to_end(tmp_path):
   workdir, report = tmp_path / "runs", tmp_path / "docs" / "reproduce.md"
   args = [f"--workdir={workdir}", f"--report={report}", "--preset", "tiny",

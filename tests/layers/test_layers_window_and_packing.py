@@ -57,7 +57,8 @@ def test_flax_masks_and_inputs_k_v_are_accepted():
                              ours.apply({"params": params}, x, x, x, mask=mask), atol=1e-5)
 
 
-@pytest.mark.parametrize("window", [(5, 0), 5, (1, 0), (0, 0)])
+@pytest.mark.parametrize("window", [(5, 0), pytest.param(5, marks=pytest.mark.slow), (1, 0),
+                                    pytest.param((0, 0), marks=pytest.mark.slow)])
 def test_rolling_cache_decoding_equals_the_full_pass(window):
   x = _x()
   full = layers.MultiHeadAttention(num_heads=4, num_kv_heads=2, is_causal=True, rotary=True,

@@ -197,12 +197,14 @@ def trained():
   return {attention: train(attention) for attention in MODES}
 
 
+@pytest.mark.slow  # make test-all; the seq2seq experiment's tiny run trains both
 @pytest.mark.parametrize("attention", MODES)
 def test_tiny_training_reduces_the_loss(trained, attention):
   _, _, losses = trained[attention]
   assert np.mean(losses[-10:]) < 0.5 * losses[0], losses[::10]
 
 
+@pytest.mark.slow  # make test-all; shares the trained fixture
 def test_attention_beats_the_bottleneck_and_greedy_reverses_the_input(trained):
   final = {attention: np.mean(trained[attention][2][-10:]) for attention in MODES}
   assert final["additive"] < 0.5 * final["none"] and final["dot"] < 0.5 * final["none"], final

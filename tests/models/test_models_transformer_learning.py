@@ -18,6 +18,7 @@ def _batch(step, size=64):
   return src, targets_in, targets
 
 
+@pytest.mark.slow  # make test-all; a learning curve, ~40 s
 def test_copy_task_is_learned_and_decoded_with_the_cache():
   config = transformer.TransformerConfig(vocab_size=VOCAB, features=32, num_heads=4, mlp_dim=64,
                                 num_layers=1, max_length=LENGTH + 1, dropout_rate=0.0,

@@ -20,7 +20,8 @@ def _tokens(length=24, batch=2):
 
 
 def test_gemma_like_stack_decodes_with_rolling_and_full_caches_like_the_full_pass():
-  config = _config(local_window_size=4, global_every=2, attention_softcap=5.0, final_softcap=3.0)
+  config = _config(local_window_size=4, global_every=2, attention_softcap=5.0, final_softcap=3.0,
+                   num_layers=2)
   tokens = _tokens()
   model = transformer.DecoderOnlyLM(config)
   params = model.init(jax.random.key(1), tokens)["params"]
@@ -28,11 +29,11 @@ def test_gemma_like_stack_decodes_with_rolling_and_full_caches_like_the_full_pas
   assert float(jnp.abs(want).max()) < 3.0  # the final soft-cap bounds every logit
   decoder = transformer.DecoderOnlyLM(config, decode=True)
   cache = decoder.init(jax.random.key(1), tokens)["cache"]["decoder"]
-  # Local layers keep a ring of 4 positions, the global one the whole sequence.
-  assert [cache[f"layer_{i}"]["attention"]["cached_key"].shape[1] for i in range(3)] == [4, 24, 4]
+  # The local layer keeps a ring of 4 positions, the global one the whole sequence.
+  assert [cache[f"layer_{i}"]["attention"]["cached_key"].shape[1] for i in range(2)] == [4, 24]
   cache = {"decoder": cache}
   outs = []
-  for start, stop in ((0, 5), (5, 6), (6, 15), (15, 24)):
+  for start, stop in ((0, 9), (9, 10), (10, 24)):  # a prompt longer than the ring, then tokens
     y, variables = decoder.apply({"params": params, "cache": cache}, tokens[:, start:stop],
                                  mutable=["cache"])
     cache = variables["cache"]
@@ -53,7 +54,8 @@ def test_window_changes_what_a_position_sees():
   assert float(jnp.abs(delta_plain[:, far]).max()) > 0.0
 
 
-@pytest.mark.parametrize("positions", ["rotary", "learned", "sinusoidal"])
+@pytest.mark.parametrize("positions", ["rotary", pytest.param("learned", marks=pytest.mark.slow),
+                                       pytest.param("sinusoidal", marks=pytest.mark.slow)])
 def test_packed_rows_train_like_separate_sequences(positions):
   config = _config(positions=positions, local_window_size=6, attention_softcap=4.0)
   model = transformer.DecoderOnlyLM(config)

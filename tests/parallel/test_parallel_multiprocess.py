@@ -69,6 +69,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # make test-all; two processes, ~30 s
 def test_two_processes_train_like_one(tmp_path):
   steps = 3
   address = f"localhost:{_free_port()}"

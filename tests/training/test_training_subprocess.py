@@ -59,6 +59,7 @@ def _assert_same_params(got, want):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@pytest.mark.slow  # make test-all; the SIGKILL test below resumes in a new process too
 def test_resume_in_a_new_process_is_exact(tmp_path, reference):
   workdir = tmp_path / "run"
   out = _run(workdir, "first", "--stop_at", NUM_STEPS // 2)

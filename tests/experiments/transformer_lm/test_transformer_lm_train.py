@@ -11,6 +11,7 @@ from experiments.transformer_lm import train as transformer_lm
 from experiments.transformer_lm import config as configs
 
 
+@pytest.mark.slow  # make test-all; the LM's parts are tested in tests/models
 def test_tiny_run_writes_results_samples_and_attention_maps(tmp_path, check_png):
   workdir = str(tmp_path / "run")
   results = transformer_lm.run(configs.get_config("tiny"), workdir)

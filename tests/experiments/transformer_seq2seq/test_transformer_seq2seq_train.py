@@ -29,6 +29,7 @@ def _check_learned(workdir, subdir, name):
   assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], f"{name} did not learn: {rows}"
 
 
+@pytest.mark.slow  # make test-all; the command itself runs in the fresh-clone check
 def test_tiny_run_trains_decodes_and_writes_results(tmp_path, check_png):
   workdir = str(tmp_path / "run")
   results = transformer_seq2seq.run(tiny_config(tmp_path, compare_rnn=False), workdir)
