@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from attention_jax import decoding
 from attention_jax.models import transformer

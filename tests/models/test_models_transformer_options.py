@@ -33,9 +33,9 @@ def test_gemma_like_stack_decodes_with_rolling_and_full_caches_like_the_full_pas
   assert [cache[f"layer_{i}"]["attention"]["cached_key"].shape[1] for i in range(2)] == [4, 24]
   cache = {"decoder": cache}
   outs = []
+  step = jax.jit(lambda variables, x: decoder.apply(variables, x, mutable=["cache"]))
   for start, stop in ((0, 9), (9, 10), (10, 24)):  # a prompt longer than the ring, then tokens
-    y, variables = decoder.apply({"params": params, "cache": cache}, tokens[:, start:stop],
-                                 mutable=["cache"])
+    y, variables = step({"params": params, "cache": cache}, tokens[:, start:stop])
     cache = variables["cache"]
     outs.append(y)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=1e-5)
@@ -61,14 +61,14 @@ def test_packed_rows_train_like_separate_sequences(positions):
   model = transformer.DecoderOnlyLM(config)
   tokens = _tokens()
   params = model.init(jax.random.key(1), tokens)["params"]
+  apply = jax.jit(model.apply)
   first, second = tokens[0, :10], tokens[1, :14]
   packed = jnp.concatenate([first, second])[None]
   segments = jnp.array([[0] * 10 + [1] * 14])
   restart = jnp.array([list(range(10)) + list(range(14))])
-  logits = model.apply({"params": params}, packed, segment_ids=segments, positions=restart)
-  np.testing.assert_allclose(logits[0, :10], model.apply({"params": params}, first[None])[0],
-                             atol=1e-5)
-  np.testing.assert_allclose(logits[0, 10:], model.apply({"params": params}, second[None])[0],
+  logits = apply({"params": params}, packed, segment_ids=segments, positions=restart)
+  np.testing.assert_allclose(logits[0, :10], apply({"params": params}, first[None])[0], atol=1e-5)
+  np.testing.assert_allclose(logits[0, 10:], apply({"params": params}, second[None])[0],
                              atol=1e-5)
 
 

@@ -17,6 +17,10 @@ sys.path.insert(0, os.path.dirname(SCRIPT))
 
 import _parallel_task as task  # noqa: E402  pylint: disable=wrong-import-position
 
+# make test-all: one 8-device subprocess run (~75 s) feeds every test here; the default run keeps
+# the mesh rules (test_parallel_mesh.py) and the sequence-parallel LM experiment.
+pytestmark = pytest.mark.slow
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 

@@ -12,6 +12,7 @@ from experiments.cnn_self_attention import train as cnn_self_attention
 from experiments.cnn_self_attention import config as configs
 
 
+@pytest.mark.slow  # make test-all; the tiny run trains both variants
 @pytest.mark.parametrize("variant", configs.VARIANTS)
 def test_models_fit_a_fixed_batch(variant):
   """Both variants can learn: the loss on one repeated batch falls."""

@@ -61,6 +61,7 @@ def test_longest_learned_needs_every_shorter_distance():
   assert sequence_processing.longest_learned({1: 0.5, 2: 1.0}, 0.9) == 0
 
 
+@pytest.mark.slow  # make test-all; the tiny run above trains all three
 @pytest.mark.parametrize("name", configs.MODELS)
 def test_tiny_config_learns(name):
   """Each model's loss falls on the tiny config (the train step without the loop's I/O)."""
