@@ -195,8 +195,8 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
   """Decodes the test split (``beam_size`` default ``config.eval.beam_size``); returns
   ``(scores, decoded)``. On a catalog split BLEU uses every reference, a caption is exact when it
   equals one of them, and localisation is skipped (no boxes)."""
-  catalog = isinstance(test, CatalogSplit)
-  n = len(test) if catalog else len(test["image"])
+  is_catalog = isinstance(test, CatalogSplit)
+  n = len(test) if is_catalog else len(test["image"])
   if config.eval.max_examples:
     n = min(n, config.eval.max_examples)
   beam_size = config.eval.beam_size if beam_size is None else beam_size
@@ -206,7 +206,7 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
   words, maps, refs = [], [], []
   for i in range(0, n, config.eval.batch_size):
     rows = np.arange(i, min(i + config.eval.batch_size, n))
-    if catalog:
+    if is_catalog:
       images, references = test.captions.read(rows)
       refs += [[catalog.caption_words(r) for r in rs] for rs in references]
     else:
@@ -219,7 +219,7 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
             for k in range(1, 5)}
   scores["exact_caption_accuracy"] = float(np.mean([w in r for w, r in zip(words, refs)]))
   scores["decoding"] = "greedy" if beam_size == 1 else f"beam search, beam {beam_size}"
-  if catalog:
+  if is_catalog:
     scores["localisation"] = {"skipped": "the catalog dataset has no box per generated word"}
   else:
     scores["grammatical_fraction"] = float(np.mean(
@@ -234,16 +234,16 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
 def write_figures(workdir: str, config, test, decoded) -> list[str]:
   """``attention_<i>.png`` (image, then each word's map; boxes where known) and
   ``captions.png``."""
-  catalog = isinstance(test, CatalogSplit)
+  is_catalog = isinstance(test, CatalogSplit)
   count = max(min(config.eval.num_overlays, len(decoded["words"])),
               min(config.eval.num_grid, len(decoded["words"])))
-  images = test.captions.images(range(count)) if catalog else test["image"][:count]
+  images = test.captions.images(range(count)) if is_catalog else test["image"][:count]
   paths = []
   for i in range(min(config.eval.num_overlays, len(decoded["words"]))):
     words = decoded["words"][i]
     if len(words) < len(decoded["maps"][i]):
       words = words + ["<eos>"]
-    boxes = None if catalog else test["boxes"][i, :int(test["num_objects"][i])]
+    boxes = None if is_catalog else test["boxes"][i, :int(test["num_objects"][i])]
     truth = " ".join(decoded["references"][i][0])
     paths.append(plotting.plot_attention_overlay(
         images[i], decoded["maps"][i], words, os.path.join(workdir, f"attention_{i}.png"),
