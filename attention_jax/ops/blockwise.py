@@ -173,7 +173,7 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj, cu
 
   ``q_blk [b, hk, n, d]`` (``n = group * block_q``), ``k_blk [b, hk, block_k, d]``. Returns
   ``[b, hk, n, block_k]``, or ``[b, hk, block_k, n]`` when ``transposed`` (what the backward pass
-  multiplies without transposing). ``seg``: ``(q_seg [b, block_q], kv_seg [b, block_k])`` of this
+  multiplies without transposing). ``seg``: ``(q_seg [b, n], kv_seg [b, block_k])`` of this
   block, or None. ``cut`` (static): the block may be cut by a band edge or the key padding, so
   positions are compared; clear blocks skip that.
   """
@@ -198,8 +198,7 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj, cu
     keep = _block_of(cfg, mask, qi, kj, transposed)
   n = cfg.group * cfg.block_q
   if seg is not None:
-    q_seg, kv_seg = seg
-    q_seg = jnp.tile(q_seg, (1, cfg.group))  # rows are (group, query) flattened, group outer
+    q_seg, kv_seg = seg  # q_seg [b, n], already laid out as the block's rows
     same = (kv_seg[:, None, :, None] == q_seg[:, None, None, :] if transposed
             else q_seg[:, None, :, None] == kv_seg[:, None, None, :])
     keep = both(keep, same)
@@ -226,7 +225,7 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj, cu
 
 def _forward(cfg: _Config, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
   """Block-major inputs ``q [nq, b, hk, n, d]``, ``k/v [nk, b, hk, block_k, d|dv]``, segment ids
-  ``q_seg [nq, b, block_q]``, ``kv_seg [nk, b, block_k]`` (or None).
+  ``q_seg [nq, b, n]``, ``kv_seg [nk, b, block_k]`` (or None).
 
   Returns ``out [nq, b, hk, n, dv]`` and ``lse [nq, b, hk, n]``, both float32: the backward
   pass needs the output unrounded (``delta = rowsum(dO * O)`` from a bfloat16 ``O`` gave a bias
@@ -453,7 +452,9 @@ def flash_attention(query, key, value, bias, mask, segment_ids, lengths,
   if segment_ids is not None:
     # Padded rows and columns get ids no real token has, and differ from each other.
     low = int(jnp.iinfo(jnp.int32).min)
-    q_seg = segment_blocks(segment_ids[0], q_len, lq_pad, bq, low)
+    # Tiled once over the group, as the query rows are laid out ((group, query) flattened, group
+    # outer), so no block step repeats it.
+    q_seg = jnp.tile(segment_blocks(segment_ids[0], q_len, lq_pad, bq, low), (1, 1, group))
     kv_seg = segment_blocks(segment_ids[1], kv_len, lk_pad, bk, low + 1)
 
   def lengths_of(x, limit):
