@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -65,10 +66,12 @@ def make_spec(*, scale, head_dim: int, is_causal=False, local_window_size=None, 
   checked with a one-line error that names it."""
   if scale is None:
     scale = 1.0 / math.sqrt(head_dim)
-  elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
-    raise ValueError(f"scale must be a finite Python number, got {scale!r}")
+  elif (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+        or not math.isfinite(scale)):
+    raise ValueError(f"scale must be a finite real number, got {scale!r}")
   window = _window(local_window_size)
-  if softcap is not None and (not isinstance(softcap, (int, float)) or not softcap > 0
+  if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)
+                              or not softcap > 0
                               or not math.isfinite(softcap)):
     raise ValueError(f"softcap must be a positive finite number or None, got {softcap!r}")
   implementation = ALIASES.get(implementation, implementation)

@@ -261,3 +261,12 @@ def test_traced_lengths_and_segments_under_jit(implementation):
   want, _ = reference_numpy.attention(q, k, v, query_seq_lengths=lengths,
                                       key_value_seq_lengths=lengths, query_segment_ids=segments)
   np.testing.assert_allclose(attend(q, k, v, lengths, segments), want, atol=2e-5)
+
+
+def test_numpy_scalars_are_accepted_for_scale_and_softcap():
+  q, k, v, _ = _inputs(8, 1, 8, 8, 2, 2, 4)
+  want = ops.dot_product_attention(q, k, v, scale=0.5, softcap=2.0)
+  got = ops.dot_product_attention(q, k, v, scale=np.float32(0.5), softcap=np.float64(2.0))
+  np.testing.assert_allclose(got, want)
+  with pytest.raises(ValueError, match="scale must be a finite real number, got True"):
+    ops.dot_product_attention(q, k, v, scale=True)
