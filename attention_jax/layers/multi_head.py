@@ -80,7 +80,8 @@ class MultiHeadAttention(nn.Module):
     implementation: passed to :func:`ops.dot_product_attention`, or ``"ring"``: sequence
       parallelism with :func:`attention_jax.parallel.ring_attention` over the ``sequence`` axis
       of the context mesh (``jax.set_mesh``; :func:`attention_jax.training.train` sets it), for
-      self-attention without mask, bias, lengths, attention dropout or weights. Where that axis
+      self-attention without mask, bias, lengths, attention dropout or weights (windows,
+      soft-capping and segment ids work). Where that axis
       is absent or of size 1, in decode mode and in cross-attention, ``"ring"`` is the default
       path (``None``), so one model trains split and evaluates or generates on one device.
   """
@@ -193,13 +194,12 @@ class MultiHeadAttention(nn.Module):
     implementation = self.implementation
     if implementation == RING:
       if self._ring_active(cross):
-        self._check_ring(mask, bias, query_seq_lengths, key_value_seq_lengths,
-                         query_segment_ids, dropout_rate, sow_weights)
-        if window is not None or self.softcap is not None:
-          raise ValueError("implementation='ring' supports only is_causal; got "
-                           "local_window_size or softcap")
-        result = parallel.ring_attention(query, key, value, is_causal=is_causal,
-                                         axis_name=RING_AXIS)
+        self._check_ring(mask, bias, query_seq_lengths, key_value_seq_lengths, dropout_rate,
+                         sow_weights)
+        result = parallel.ring_attention(
+            query, key, value, is_causal=is_causal, local_window_size=window,
+            softcap=self.softcap, query_segment_ids=query_segment_ids,
+            key_value_segment_ids=key_value_segment_ids, axis_name=RING_AXIS)
         return self._out(result, features)
       implementation = None
     keywords = dict(
@@ -235,12 +235,11 @@ class MultiHeadAttention(nn.Module):
             and int(mesh.shape[RING_AXIS]) > 1)
 
   @staticmethod
-  def _check_ring(mask, bias, query_seq_lengths, key_value_seq_lengths, query_segment_ids,
-                  dropout_rate, sow_weights) -> None:
+  def _check_ring(mask, bias, query_seq_lengths, key_value_seq_lengths, dropout_rate,
+                  sow_weights) -> None:
     unsupported = [name for name, value in (
         ("mask", mask), ("bias", bias), ("query_seq_lengths", query_seq_lengths),
-        ("key_value_seq_lengths", key_value_seq_lengths),
-        ("query_segment_ids", query_segment_ids)) if value is not None]
+        ("key_value_seq_lengths", key_value_seq_lengths)) if value is not None]
     if dropout_rate > 0.0:
       unsupported.append(f"attention dropout_rate={dropout_rate}")
     if sow_weights:
@@ -248,7 +247,8 @@ class MultiHeadAttention(nn.Module):
     if unsupported:
       raise ValueError(
           f"implementation='ring' (sequence parallelism over mesh axis {RING_AXIS!r}) supports "
-          f"only is_causal; got {', '.join(unsupported)}")
+          f"is_causal, local_window_size, softcap and segment ids; got "
+          f"{', '.join(unsupported)}")
 
   def _head_dim(self, qkv_features: int, kv_heads: int) -> int:
     if self.num_heads <= 0 or qkv_features % self.num_heads:

@@ -144,7 +144,8 @@ def test_ring_layer_refuses_what_the_ring_cannot_do_on_a_split_sequence():
   x = jnp.ones((2, 8, 4))
   params = layer.init(jax.random.key(0), x)  # no mesh: the default path
   with jax.sharding.use_abstract_mesh(_abstract(sequence=2)):
-    with pytest.raises(ValueError, match=r"implementation='ring'.*supports only is_causal; got "
+    with pytest.raises(ValueError, match=r"implementation='ring'.*supports is_causal, "
+                                         r"local_window_size, softcap and segment ids; got "
                                          r"key_value_seq_lengths"):
       layer.apply(params, x, key_value_seq_lengths=jnp.array([3, 8]))
 
