@@ -14,7 +14,8 @@ rows. The public layout is transposed once on the way in and once on the way out
 
 Causal and sliding-window attention (bottom-right aligned, see :mod:`attention_jax.ops.spec`) loop
 only over the key blocks a query block can see, so blocks above the diagonal or outside the window
-cost nothing: a window of ``w`` costs ``L x w``, not ``L^2``. Packed sequences (segment ids) and
+cost nothing: a window of ``w`` costs ``L x w``, not ``L^2``. Packed sequences (segment ids) are
+masked inside each block, and a block whose queries and keys share no segment is skipped;
 soft-capped logits are computed inside each block.
 """
 
@@ -223,6 +224,37 @@ def _block_logits(cfg, q_blk, k_blk, bias, mask, seg, q_lens, k_lens, qi, kj, cu
   return s, dcap
 
 
+_PAD_Q_SEGMENT = int(jnp.iinfo(jnp.int32).min)  # ids of padded rows and columns: no real token
+_PAD_KV_SEGMENT = _PAD_Q_SEGMENT + 1             # has them, and they differ from each other
+
+
+def _segments_meet(q_seg, kv_seg):
+  """bool ``[nq, nk]``: whether any query of block ``qi`` shares a segment id with a key of block
+  ``kj`` in some batch row. Where the ranges of ids are disjoint no id can be equal, so the block
+  is skipped rather than masked (a packed row's sequences are contiguous: most blocks far from
+  the diagonal never meet)."""
+  big, small = jnp.iinfo(jnp.int32).max, jnp.iinfo(jnp.int32).min
+
+  def ranges(ids, pad):
+    real = ids != pad
+    return (jnp.where(real, ids, big).min(-1), jnp.where(real, ids, small).max(-1))  # [blocks, b]
+
+  q_min, q_max = ranges(q_seg, _PAD_Q_SEGMENT)
+  k_min, k_max = ranges(kv_seg, _PAD_KV_SEGMENT)
+  disjoint = ((q_max[:, None] < k_min[None, :]) | (k_max[None, :] < q_min[:, None]))
+  return ~jnp.all(disjoint, axis=-1)
+
+
+def _when_segments_meet(cfg: _Config, meet, qi, kj, step):
+  """``step`` run only for the blocks where segments meet (always without segments)."""
+  if not cfg.has_segments:
+    return step
+
+  def skipping(index, state):
+    return lax.cond(meet[qi(index), kj(index)], step, lambda _, s: s, index, state)
+  return skipping
+
+
 def _forward(cfg: _Config, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
   """Block-major inputs ``q [nq, b, hk, n, d]``, ``k/v [nk, b, hk, block_k, d|dv]``, segment ids
   ``q_seg [nq, b, n]``, ``kv_seg [nk, b, block_k]`` (or None).
@@ -235,6 +267,7 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
   _, b, hk, n, _ = q.shape
   dv = v.shape[-1]
   num_k = k.shape[0]
+  meet = _segments_meet(q_seg, kv_seg) if cfg.has_segments else None
 
   def q_block(_, xs):
     qi, q_blk, q_seg_blk = xs
@@ -260,7 +293,7 @@ def _forward(cfg: _Config, q, k, v, bias, mask, q_seg, kv_seg, q_lens, k_lens):
         pv = jnp.einsum("bhnk,bhkd->bhnd", p, v_blk.astype(jnp.float32),
                         preferred_element_type=jnp.float32)
         return acc * alpha[..., None] + pv, m_new, l
-      return step
+      return _when_segments_meet(cfg, meet, lambda _: qi, lambda kj: kj, step)
 
     state = (jnp.zeros((b, hk, n, dv), jnp.float32),
              jnp.full((b, hk, n), _LOWEST, jnp.float32),
@@ -294,6 +327,7 @@ def _backward(cfg: _Config, res, d_out):
   g = cfg.group
   # D_i = sum_d dO * O: the softmax-Jacobian term, one float32 per query row.
   delta = jnp.einsum("...d,...d->...", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  meet = _segments_meet(q_seg, kv_seg) if cfg.has_segments else None
   bias_sum_axes = None
   if bias is not None:
     bias_sum_axes = tuple(a for a in range(5) if bias.shape[a] == 1)
@@ -338,7 +372,7 @@ def _backward(cfg: _Config, res, d_out):
                               preferred_element_type=jnp.float32)
         dq = lax.dynamic_update_index_in_dim(dq, row(dq, qi) + dq_t_blk, qi, 0)
         return dq, dk_blk, dv_blk, dbias
-      return step
+      return _when_segments_meet(cfg, meet, lambda qi: qi, lambda _: kj, step)
 
     state = (dq, jnp.zeros(k_blk.shape, jnp.float32), jnp.zeros(v_blk.shape, jnp.float32), dbias)
     start, clear_start, clear_end, end = _q_ranges(cfg, kj, num_q)
@@ -450,12 +484,11 @@ def flash_attention(query, key, value, bias, mask, segment_ids, lengths,
 
   q_seg = kv_seg = None
   if segment_ids is not None:
-    # Padded rows and columns get ids no real token has, and differ from each other.
-    low = int(jnp.iinfo(jnp.int32).min)
     # Tiled once over the group, as the query rows are laid out ((group, query) flattened, group
     # outer), so no block step repeats it.
-    q_seg = jnp.tile(segment_blocks(segment_ids[0], q_len, lq_pad, bq, low), (1, 1, group))
-    kv_seg = segment_blocks(segment_ids[1], kv_len, lk_pad, bk, low + 1)
+    q_seg = jnp.tile(segment_blocks(segment_ids[0], q_len, lq_pad, bq, _PAD_Q_SEGMENT),
+                     (1, 1, group))
+    kv_seg = segment_blocks(segment_ids[1], kv_len, lk_pad, bk, _PAD_KV_SEGMENT)
 
   def lengths_of(x, limit):
     if x is None:

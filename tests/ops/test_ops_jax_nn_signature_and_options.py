@@ -155,6 +155,28 @@ def test_options_gradients_match_float64_autodiff(q_len, kv_len, options):
       np.testing.assert_allclose(g, w, atol=2e-5, err_msg=name)
 
 
+def test_blockwise_skips_key_blocks_no_query_segment_meets():
+  """NaN in the values of key blocks whose segments no query of a block shares cannot reach that
+  block's outputs or gradients: such blocks are skipped, not masked (0 * NaN would be NaN)."""
+  q, k, v, _ = _inputs(6, 2, 32, 32, 4, 2, 8)
+  segments = jnp.asarray([[1] * 8 + [2] * 8 + [9] * 16] * 2, jnp.int32)
+  v = v.at[:, 16:].set(jnp.nan)
+
+  def first_half(q, k, v):
+    out = ops.dot_product_attention(q, k, v, implementation="flash", block_sizes=(8, 8),
+                                    query_segment_ids=segments, key_value_segment_ids=segments)
+    return out[:, :16]
+
+  out, vjp = jax.vjp(first_half, q, k, v)
+  dq, dk, _ = vjp(jnp.ones_like(out))
+  assert bool(jnp.isfinite(out).all())
+  assert bool(jnp.isfinite(dq[:, :16]).all()) and bool(jnp.isfinite(dk[:, :16]).all())
+  want, _ = reference_numpy.attention(q[:, :16], k[:, :16], v[:, :16],
+                                      query_segment_ids=segments[:, :16],
+                                      key_value_segment_ids=segments[:, :16])
+  np.testing.assert_allclose(out, want, atol=2e-5)
+
+
 def test_bf16_bias_gradient_of_a_broadcast_bias_matches_jax_nn():
   """A bias broadcast over the key axis shifts every logit of a row equally: its exact gradient
   is 0. Checked in bfloat16 for the blockwise path against jax.nn."""
