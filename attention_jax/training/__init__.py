@@ -25,12 +25,13 @@ Modules:
   :func:`write_eval_json`.
 * ``flags`` / ``launch`` -- an experiment script's absl flags and its ``__main__``
   (:func:`run_experiment`).
+* ``checksums`` -- the CRC-32 of every saved array leaf, which a restore verifies.
 * ``loop`` (:func:`train`), ``checkpointing``, ``metric_writers``, ``metrics``, ``optimizers``,
   ``steps``, ``train_state``, ``evaluation``.
 * ``teacher_forcing`` -- :func:`train_teacher_forced`, a sequence-to-sequence model's training.
 """
 
-from attention_jax.training.checkpointing import Checkpointer, abstract_like
+from attention_jax.training.checkpointing import CheckpointError, Checkpointer, abstract_like
 from attention_jax.training.config import (
     OPTIMIZERS,
     SCHEDULES,
@@ -56,7 +57,8 @@ from attention_jax.training.teacher_forcing import train_teacher_forced
 from attention_jax.training.train_state import TrainState, create_train_state
 
 __all__ = [
-    "Checkpointer", "JsonlWriter", "OPTIMIZERS", "SCHEDULES", "SummaryWriter", "TrainState",
+    "CheckpointError", "Checkpointer", "JsonlWriter", "OPTIMIZERS", "SCHEDULES", "SummaryWriter",
+    "TrainState",
     "abstract_like", "accumulate", "atomic_write_text", "classification_sums", "config_to_dict",
     "create_train_state", "default_training_config", "define_config_flags", "evaluate",
     "load_config_json", "make_eval_step", "make_optimizer", "make_progress_bar", "make_schedule",

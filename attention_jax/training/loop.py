@@ -90,6 +90,26 @@ def _raise_if_nonfinite(host_sums: Mapping[str, Any], first_step: int, last_step
         f"loss is {loss_sum} in steps {first_step}..{last_step}; {_last_good(checkpointer)}")
 
 
+def _interval_state(interval_start: int, sums, host_sums) -> dict[str, Any]:
+  """The open log interval as JSON: its first step and metric sums (exact: a float32 is a
+  float64, which JSON writes exactly); no sums when a log line just closed it."""
+  if sums is None:
+    return {"interval_start": interval_start, "sums": None}
+  return {"interval_start": interval_start,
+          "sums": {k: {"dtype": str(np.asarray(v).dtype), "value": np.asarray(v).item()}
+                   for k, v in host_sums.items()}}
+
+
+def _open_interval(loop_state: Mapping[str, Any] | None, start: int) -> tuple[Any, int]:
+  """``(sums, interval_start)`` to go on from: the checkpoint's open interval, if it saved one
+  (a checkpoint of an older version did not: the interval then starts at ``start``)."""
+  if not loop_state or loop_state.get("sums") is None:
+    return None, start
+  sums = {k: jnp.asarray(np.asarray(v["value"], dtype=v["dtype"]))
+          for k, v in loop_state["sums"].items()}
+  return sums, int(loop_state["interval_start"])
+
+
 def _takes_rows(get_batch: Callable) -> bool:
   try:
     return "rows" in inspect.signature(get_batch).parameters
@@ -167,27 +187,31 @@ class _Run:
   learning_rate_fn: Callable[[int], Any] | None
   metric_denominators: Mapping[str, str] | None
 
-  def restore(self, state) -> tuple[Any, int]:
-    """The latest checkpoint restored into ``state`` (or ``state``), and its step."""
-    state, restored = self.checkpointer.restore_latest_or(state)
-    start = int(jax.device_get(state.step))
-    if restored is not None and restored != start:
-      raise ValueError(f"checkpoint {restored} holds a state at step {start}")
-    if restored is not None:
-      logging.info("Resuming from step %d in %s", start, self.workdir)
-    return state, start
+  def restore(self, state) -> tuple[Any, int, dict[str, Any] | None]:
+    """The latest intact checkpoint restored into ``state`` (or ``state``), its step and the
+    loop's saved state (None from scratch)."""
+    restored = self.checkpointer.restore_latest_intact(state)
+    if restored is None:
+      return state, int(jax.device_get(state.step)), None
+    start = int(jax.device_get(restored.state.step))
+    if restored.step != start:
+      raise ValueError(f"checkpoint {restored.step} holds a state at step {start}")
+    logging.info("Resuming from step %d in %s", start, self.workdir)
+    return restored.state, start, restored.loop_state
 
   def train(self, state):
     num_steps = int(self.config.num_steps)
     log_every = int(self.config.log_every)
     eval_every = int(self.config.eval_every)
     checkpoint_every = int(self.config.checkpoint_every)
-    state, start = self.restore(state)
+    state, start, loop_state = self.restore(state)
     outputs = _Outputs(self.workdir, start) if self.primary else _NoOutputs()
     pbar = metric_writers.make_progress_bar(num_steps, start, None if self.primary else False)
     try:
-      sums = None
-      interval_start, interval_time = start, time.perf_counter()
+      # A log interval open at the checkpoint goes on from its saved sums, so its line covers
+      # the same steps as in a run that never stopped.
+      sums, interval_start = _open_interval(loop_state, start)
+      timed_from, interval_time = start, time.perf_counter()
       for step in range(start, num_steps):
         state, step_sums = self.train_step(state, self.get_batch(step))
         sums = step_sums if sums is None else _accumulate(sums, step_sums)
@@ -206,14 +230,15 @@ class _Run:
 
         if do_log:
           elapsed = max(time.perf_counter() - interval_time, 1e-9)
-          record = self.train_record(host_sums, done, done - interval_start, elapsed)
+          record = self.train_record(host_sums, done, done - timed_from, elapsed)
           outputs.write("train", done, record)
           loss = record.get("loss")
           pbar.set_postfix({"loss": "n/a" if loss is None else f"{loss:.4g}",
                             "steps/s": f"{record['steps_per_sec']:.3g}",
                             "ex/s": f"{record['examples_per_sec']:.3g}"}, refresh=False)
           sums = None
-          interval_start, interval_time = done, time.perf_counter()
+          interval_start = timed_from = done
+          interval_time = time.perf_counter()
 
         side_start = time.perf_counter()  # Evaluation and saving are not counted in throughput.
         if do_eval:
@@ -225,7 +250,8 @@ class _Run:
           if not bool(_all_finite(state.params)):
             raise FloatingPointError(f"parameters are not finite after step {step}; "
                                      f"{_last_good(self.checkpointer)}")
-          self.checkpointer.save(done, state, force=True)
+          self.checkpointer.save(done, state, force=True,
+                                 loop_state=_interval_state(interval_start, sums, host_sums))
         interval_time += time.perf_counter() - side_start
       return state
     finally:
@@ -303,6 +329,7 @@ def train(
              get_batch=feed, checkpointer=checkpointer, eval_fn=eval_fn,
              learning_rate_fn=learning_rate_fn, metric_denominators=metric_denominators)
   try:
+    checkpointer.check_writable()  # Fails now, not after the first interval of training.
     with jax.set_mesh(mesh):
       return run.train(state)
   finally:
