@@ -7,6 +7,7 @@ from attention_jax.data.dates import (
     decode_example,
     load_dates,
 )
+from attention_jax.data.packing import packed_lm_batches, padded_lm_batches, padding_fraction
 from attention_jax.data.pipeline import (
     EvalBatches,
     Seq2SeqEncoder,
@@ -45,6 +46,9 @@ __all__ = [
     "eval_batches",
     "load_dates",
     "load_shapes_captions",
+    "packed_lm_batches",
+    "padded_lm_batches",
+    "padding_fraction",
     "make_train_batches",
     "required_lengths",
     "shapes_captions_builder",

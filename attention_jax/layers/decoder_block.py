@@ -66,7 +66,8 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, encoded=None, *, encoded_lengths=None, segment_ids=None,
-               positions=None, deterministic: bool = True, sow_weights: bool = False) -> Array:
+               positions=None, encoded_segment_ids=None, deterministic: bool = True,
+               sow_weights: bool = False) -> Array:
     """``x [batch..., length, features]`` -> same shape, in ``dtype`` when given.
 
     Args:
@@ -74,8 +75,10 @@ class DecoderBlock(nn.Module):
       encoded: ``[batch..., src_len, features]``, the encoder's output (``cross_attention``).
       encoded_lengths: int ``[batch...]``; padded encoder positions are not attended to.
       segment_ids: int ``[batch..., length]``: packed target sequences attend only within a
-        segment (self-attention; not with ``cross_attention``).
+        segment; with ``cross_attention`` segment ``s`` reads segment ``s`` of ``encoded``.
       positions: int ``[batch..., length]`` for RoPE (restarting per segment when packed).
+      encoded_segment_ids: int ``[batch..., src_len]``: the segments of ``encoded`` (packed
+        sources; needed with ``segment_ids`` and ``cross_attention``).
       deterministic: ``False`` turns dropout on (needs a ``dropout`` rng).
       sow_weights: sow the attention weights (``attention/...`` and ``cross_attention/...``
         ``intermediates/attention_weights``).
@@ -106,9 +109,11 @@ class DecoderBlock(nn.Module):
         return y + dropout(sublayer(norm(name)(y)), deterministic=deterministic)
       return norm(name)(y + dropout(sublayer(y), deterministic=deterministic))
 
-    if segment_ids is not None and self.cross_attention:
-      raise ValueError("segment_ids (packed targets) with cross_attention would need the "
-                       "encoder's segments too; pack only decoder-only stacks")
+    if self.cross_attention and (segment_ids is None) != (encoded_segment_ids is None):
+      raise ValueError("packed pairs need segment_ids (targets) and encoded_segment_ids "
+                       "(sources) together")
+    if not self.cross_attention and encoded_segment_ids is not None:
+      raise ValueError("got encoded_segment_ids but cross_attention=False")
     self_attention = attention("attention", num_kv_heads=self.num_kv_heads, is_causal=True,
                                decode=self.decode, rotary=self.rotary,
                                local_window_size=self.local_window_size)
@@ -119,6 +124,8 @@ class DecoderBlock(nn.Module):
       cross = attention("cross_attention")
       x = residual(x, lambda y: cross(y, jnp.asarray(encoded),
                                       key_value_seq_lengths=encoded_lengths,
+                                      query_segment_ids=segment_ids,
+                                      key_value_segment_ids=encoded_segment_ids,
                                       deterministic=deterministic, sow_weights=sow_weights),
                    "cross_attention_norm")
     mlp = MlpBlock(self.mlp_dim, activation=self.activation, dtype=self.dtype,

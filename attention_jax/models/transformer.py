@@ -241,6 +241,12 @@ class Embedder(nn.Module):
     return self.token_embedding.attend(x).astype(jnp.float32)
 
 
+def _check_packing(tokens, segment_ids, positions) -> None:
+  for name, value in (("segment_ids", segment_ids), ("positions", positions)):
+    if value is not None and jnp.shape(value) != tokens.shape:
+      raise ValueError(f"{name} has shape {jnp.shape(value)} but tokens have {tokens.shape}")
+
+
 def _final_norm(config: TransformerConfig, name: str = "final_norm"):
   return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.dtype,
                       param_dtype=config.param_dtype, name=name)
@@ -258,22 +264,28 @@ class Encoder(nn.Module):
   embedder: Embedder | None = None
 
   @nn.compact
-  def __call__(self, tokens, lengths=None, *, token_types=None, deterministic: bool = True,
-               sow_weights: bool = False) -> Array:
+  def __call__(self, tokens, lengths=None, *, token_types=None, segment_ids=None,
+               positions=None, deterministic: bool = True, sow_weights: bool = False) -> Array:
     """``tokens int [batch..., length]`` -> ``[batch..., length, features]``.
 
     Args:
       tokens: source token ids.
       lengths: int ``[batch...]``; keys past a row's length are masked (padding).
-      token_types: segment ids (``num_token_types > 0``).
+      token_types: BERT's token type ids (``num_token_types > 0``).
+      segment_ids: int ``[batch..., length]``: several sequences packed in one row attend only
+        within their segment.
+      positions: int ``[batch..., length]``, positions restarting per segment (default
+        ``0..length-1``).
       deterministic: ``False`` turns dropout on (needs a ``dropout`` rng).
       sow_weights: sow every layer's attention weights.
     """
     c = self.config
     tokens = _check_tokens(tokens, c)
+    _check_packing(tokens, segment_ids, positions)
     _check_length(tokens.shape[-1], 0, c)
     embedder = self.embedder if self.embedder is not None else Embedder(c, name="embedder")
-    x = embedder(tokens, token_types=token_types, deterministic=deterministic)
+    x = embedder(tokens, positions=positions, token_types=token_types,
+                 deterministic=deterministic)
     for i in range(c.num_layers):
       x = layers.TransformerBlock(
           num_heads=c.num_heads, mlp_dim=c.mlp_dim, num_kv_heads=c.num_kv_heads,
@@ -282,7 +294,8 @@ class Encoder(nn.Module):
           activation=ACTIVATIONS[c.activation], layer_norm_epsilon=c.layer_norm_epsilon,
           dtype=c.dtype, param_dtype=c.param_dtype, implementation=c.implementation,
           local_window_size=c.window_of(i, causal=False), softcap=c.attention_softcap,
-          name=f"layer_{i}")(x, key_value_seq_lengths=lengths, deterministic=deterministic,
+          name=f"layer_{i}")(x, key_value_seq_lengths=lengths, segment_ids=segment_ids,
+                             positions=positions, deterministic=deterministic,
                              sow_weights=sow_weights)
     if c.pre_norm:
       x = _final_norm(c)(x)
@@ -362,7 +375,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, encoded=None, encoded_lengths=None, *, segment_ids=None,
-               positions=None, deterministic: bool = True, sow_weights: bool = False) -> Array:
+               positions=None, encoded_segment_ids=None, deterministic: bool = True,
+               sow_weights: bool = False) -> Array:
     """``tokens int [batch..., length]`` -> float32 logits ``[batch..., length, vocab]``.
 
     Args:
@@ -371,9 +385,11 @@ class Decoder(nn.Module):
       encoded: ``[batch..., src_len, features]`` (``cross_attention``).
       encoded_lengths: int ``[batch...]`` valid lengths of ``encoded``.
       segment_ids: int ``[batch..., length]``: several sequences packed in one row attend only
-        within their segment (decoder-only; not in decode mode).
+        within their segment (not in decode mode); with cross-attention, segment ``s`` of the
+        targets reads segment ``s`` of ``encoded`` (``encoded_segment_ids``).
       positions: int ``[batch..., length]``, positions restarting per segment (default
         ``0..length-1``).
+      encoded_segment_ids: int ``[batch..., src_len]``, the packed sources' segment ids.
       deterministic: ``False`` turns dropout on (needs a ``dropout`` rng).
       sow_weights: sow every layer's attention weights.
     """
@@ -382,9 +398,7 @@ class Decoder(nn.Module):
     if (segment_ids is not None or positions is not None) and self.decode:
       raise ValueError("segment_ids/positions are for training on packed sequences, not for "
                        "decode mode")
-    for name, value in (("segment_ids", segment_ids), ("positions", positions)):
-      if value is not None and jnp.shape(value) != tokens.shape:
-        raise ValueError(f"{name} has shape {jnp.shape(value)} but tokens have {tokens.shape}")
+    _check_packing(tokens, segment_ids, positions)
     offset = 0
     if self.decode:
       initialised = self.has_variable("cache", "position")
@@ -406,7 +420,8 @@ class Decoder(nn.Module):
           local_window_size=c.window_of(i, causal=True), softcap=c.attention_softcap,
           implementation=c.implementation, name=f"layer_{i}")(
               x, encoded, encoded_lengths=encoded_lengths, segment_ids=segment_ids,
-              positions=positions, deterministic=deterministic, sow_weights=sow_weights)
+              positions=positions, encoded_segment_ids=encoded_segment_ids,
+              deterministic=deterministic, sow_weights=sow_weights)
     if c.pre_norm:
       x = _final_norm(c)(x)
     if c.tie_embeddings:
@@ -454,25 +469,41 @@ class EncoderDecoder(nn.Module):
     self.decoder = Decoder(self.config, cross_attention=True, decode=self.decode,
                            embedder=self.embedder)
 
-  def encode(self, inputs, input_lengths=None, *, deterministic: bool = True,
-             sow_weights: bool = False) -> Array:
+  def encode(self, inputs, input_lengths=None, *, input_segment_ids=None, input_positions=None,
+             deterministic: bool = True, sow_weights: bool = False) -> Array:
     """``inputs int [batch..., src_len]`` -> ``[batch..., src_len, features]``."""
-    return self.encoder(inputs, input_lengths, deterministic=deterministic,
+    return self.encoder(inputs, input_lengths, segment_ids=input_segment_ids,
+                        positions=input_positions, deterministic=deterministic,
                         sow_weights=sow_weights)
 
-  def decode_step(self, encoded, targets_in, input_lengths=None, *, deterministic: bool = True,
+  def decode_step(self, encoded, targets_in, input_lengths=None, *, input_segment_ids=None,
+                  target_segment_ids=None, target_positions=None, deterministic: bool = True,
                   sow_weights: bool = False) -> Array:
     """``targets_in int [batch..., length]`` (or the next chunk in decode mode) -> logits."""
-    return self.decoder(targets_in, encoded, input_lengths, deterministic=deterministic,
-                        sow_weights=sow_weights)
+    return self.decoder(targets_in, encoded, input_lengths, segment_ids=target_segment_ids,
+                        positions=target_positions, encoded_segment_ids=input_segment_ids,
+                        deterministic=deterministic, sow_weights=sow_weights)
 
-  def __call__(self, inputs, targets_in, input_lengths=None, *, deterministic: bool = True,
-               sow_weights: bool = False) -> Array:
+  def __call__(self, inputs, targets_in, input_lengths=None, *, input_segment_ids=None,
+               input_positions=None, target_segment_ids=None, target_positions=None,
+               deterministic: bool = True, sow_weights: bool = False) -> Array:
     """``inputs [batch..., src_len]``, ``targets_in [batch..., tgt_len]`` (BOS + target[:-1]) ->
-    float32 logits ``[batch..., tgt_len, vocab]``."""
-    encoded = self.encode(inputs, input_lengths, deterministic=deterministic,
+    float32 logits ``[batch..., tgt_len, vocab]``.
+
+    Packed pairs (:func:`attention_jax.data.packing.packed_seq2seq_rows`): ``input_segment_ids``
+    / ``input_positions`` ``[batch..., src_len]`` and ``target_segment_ids`` /
+    ``target_positions`` ``[batch..., tgt_len]``; target segment ``s`` reads only source segment
+    ``s``, so every pair gets the logits it would get alone.
+    """
+    if (input_segment_ids is None) != (target_segment_ids is None):
+      raise ValueError("packed pairs need input_segment_ids and target_segment_ids together")
+    encoded = self.encode(inputs, input_lengths, input_segment_ids=input_segment_ids,
+                          input_positions=input_positions, deterministic=deterministic,
                           sow_weights=sow_weights)
-    return self.decode_step(encoded, targets_in, input_lengths, deterministic=deterministic,
+    return self.decode_step(encoded, targets_in, input_lengths,
+                            input_segment_ids=input_segment_ids,
+                            target_segment_ids=target_segment_ids,
+                            target_positions=target_positions, deterministic=deterministic,
                             sow_weights=sow_weights)
 
 

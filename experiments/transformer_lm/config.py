@@ -34,6 +34,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.data.min_char_count = 50  # rarer characters become <unk>
   config.data.validation_fraction = 0.1
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS only
+  # "windows": random windows of the text; "packed" / "padded": whole documents (text between
+  # blank lines, cut to the context), several per row (segment ids) or one per row.
+  config.data.batching = "windows"
 
   # nanoGPT's CPU shakespeare-char model: 4 layers, 4 heads, width 128, context 64.
   config.model = ml_collections.ConfigDict()
@@ -117,6 +120,7 @@ def validate(config) -> None:
   training.validate_training_config(config)
   d, m = config.data, config.model
   choices = {"data.source": (d.source, ("stdlib", "files", "tiny_shakespeare")),
+             "data.batching": (d.batching, ("windows", "packed", "padded")),
              "model.positions": (m.positions, transformer.POSITIONS),
              "model.dtype": (m.dtype, ("float32", "bfloat16"))}
   for field, (value, valid) in choices.items():

@@ -12,12 +12,17 @@ text files, or ``"tiny_shakespeare"`` from TFDS), and writes into ``--workdir``:
   attention_layer<i>.png       every head's attention map over one prompt, one file per layer
 
 
+``data.batching``: ``"windows"`` (default) trains on random windows of the text; ``"packed"`` and
+``"padded"`` on whole documents (runs of text between blank lines), several per row with segment
+ids or one per row with padding: ``benchmarks/packing.py`` compares the two.
+
 On several devices (docs/scaling.md): ``--config.mesh.data``, ``--config.mesh.fsdp`` and
 ``--config.mesh.sequence`` (the context split over devices with ring attention).
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import math
 import os
@@ -104,6 +109,50 @@ def make_batch(ids: np.ndarray, seed: int, step: int, batch_size: int, context: 
   return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
+def split_documents(ids: np.ndarray, newline_id: int, context: int) -> list[np.ndarray]:
+  """The id stream cut into documents: runs of text that end at a blank line (two newlines), each
+  cut again into pieces of at most ``context + 1`` ids (an input row and its next-token targets);
+  pieces of fewer than 2 ids are dropped."""
+  blank = np.flatnonzero((ids[:-1] == newline_id) & (ids[1:] == newline_id)) + 2
+  docs = []
+  for doc in np.split(ids, blank):
+    for start in range(0, len(doc), context + 1):
+      piece = doc[start:start + context + 1]
+      if len(piece) >= 2:
+        docs.append(piece)
+  return docs
+
+
+def document_batches(docs: list[np.ndarray], mode: str, batch_size: int, context: int,
+                     seed: int) -> data.packing.RowBatches:
+  """Training batches of whole documents by step, a pure function of ``(seed, step)`` like
+  :func:`make_batch`: ``inputs``/``targets``/``segment_ids``/``positions``/``weights``
+  ``[batch, context]`` (:mod:`attention_jax.data.packing`).
+
+  ``mode="packed"``: several documents per row (grain's first-fit packing, attention kept within
+  each by the segment ids); ``"padded"``: one document per row.
+  """
+  if mode == "packed":
+    rows = data.packing.packed_lm_rows(docs, length=context, seed=seed)
+  elif mode == "padded":
+    rows = data.packing.padded_lm_rows(docs, length=context)
+  else:
+    raise ValueError(f"mode must be 'packed' or 'padded', got {mode!r}")
+  return data.packing.RowBatches(rows, batch_size, seed)
+
+
+def validation_batches(config, val_ids: np.ndarray, newline_id: int):
+  """The validation batches: random windows, or (document batching) the validation documents
+  one per row, the same set whether training packs or pads."""
+  context, size = config.model.context, config.eval.batch_size
+  if config.data.batching == "windows":
+    return [make_batch(val_ids, 10_000 + config.seed, i, size, context)
+            for i in range(config.eval.num_batches)]
+  docs = split_documents(val_ids, newline_id, context)
+  batches = data.padded_lm_batches(docs, length=context, batch_size=size)
+  return [batch for _, batch in zip(range(config.eval.num_batches), batches)]
+
+
 def bigram_loss(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int,
                 alpha: float = 1.0) -> float:
   """Validation cross-entropy (nats per character) of an add-``alpha`` bigram model."""
@@ -129,30 +178,30 @@ def make_model(config, vocab_size: int) -> transformer.DecoderOnlyLM:
       implementation="ring" if config.mesh.sequence > 1 else None))
 
 
-def train_model(config, workdir: str, model: transformer.DecoderOnlyLM, train_ids, val_batches):
-  context = config.model.context
-  example = make_batch(train_ids, config.seed, 0, 2, context)
-  params = model.init(jax.random.key(config.seed), example["inputs"])["params"]
+def metric_sums(model: transformer.DecoderOnlyLM, params, batch, rng=None):
+  """Cross-entropy sums over the scored positions of ``batch`` (windows, or packed/padded
+  documents with their segment ids, positions and weights)."""
+  logits = model.apply({"params": params}, batch["inputs"],
+                       segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+                       deterministic=rng is None,
+                       rngs=None if rng is None else {"dropout": rng})
+  return training.classification_sums(logits, batch["targets"], batch.get("weights"))
+
+
+def train_model(config, workdir: str, model: transformer.DecoderOnlyLM, get_batch, val_batches):
+  params = model.init(jax.random.key(config.seed), get_batch(0)["inputs"][:2])["params"]
   tx, schedule = training.make_optimizer(config)
 
   def loss_fn(params, batch, rng):
-    logits = model.apply({"params": params}, batch["inputs"], deterministic=False,
-                         rngs={"dropout": rng})
-    sums = training.classification_sums(logits, batch["targets"])
+    sums = metric_sums(model, params, batch, rng)
     return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
 
-  def metrics_fn(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"])
-    return training.classification_sums(logits, batch["targets"])
-
-  eval_step = training.make_eval_step(metrics_fn)
+  eval_step = training.make_eval_step(functools.partial(metric_sums, model))
   return training.train(
       config, workdir,
       lambda: training.create_train_state(params, tx, seed=config.seed + 1,
                                           apply_fn=model.apply),
-      training.make_train_step(loss_fn),
-      lambda step, rows=None: make_batch(train_ids, config.seed, step, config.batch_size,
-                                         context, rows),
+      training.make_train_step(loss_fn), get_batch,
       eval_fn=lambda state: training.evaluate(eval_step, state, val_batches),
       learning_rate_fn=schedule)
 
@@ -221,20 +270,27 @@ def run(config, workdir: str) -> dict[str, Any]:
   tokenizer = load_tokenizer(workdir, text, config.data.min_char_count)
   train_ids, val_ids = split_ids(tokenizer, text, config.data.validation_fraction)
   context = config.model.context
-  val_batches = [make_batch(val_ids, 10_000 + config.seed, i, config.eval.batch_size, context)
-                 for i in range(config.eval.num_batches)]
+  newline_id = tokenizer.encode("\n")[0]
+  val_batches = validation_batches(config, val_ids, newline_id)
+  if config.data.batching == "windows":
+    get_batch = functools.partial(make_batch, train_ids, config.seed,
+                                  batch_size=config.batch_size, context=context)
+    padding = 0.0
+  else:
+    get_batch = document_batches(split_documents(train_ids, newline_id, context),
+                                 config.data.batching, config.batch_size, context, config.seed)
+    padding = get_batch.padding_fraction()
 
   model = make_model(config, tokenizer.vocab_size)
   train_start = time.perf_counter()
-  state = train_model(config, workdir, model, train_ids, val_batches)
+  state = train_model(config, workdir, model, get_batch, val_batches)
   train_seconds = time.perf_counter() - train_start
   log = training.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   steps_per_sec = [row["steps_per_sec"] for row in log
                    if row.get("split") == "train" and "steps_per_sec" in row]
+  median_steps_per_sec = float(np.median(steps_per_sec)) if steps_per_sec else None
 
-  eval_step = training.make_eval_step(
-      lambda p, b: training.classification_sums(model.apply({"params": p}, b["inputs"]),
-                                                b["targets"]))
+  eval_step = training.make_eval_step(functools.partial(metric_sums, model))
   val = training.evaluate(eval_step, state, val_batches)
   bigram = bigram_loss(train_ids, val_ids, tokenizer.vocab_size)
   rng = jax.random.key(config.seed + 2)
@@ -257,8 +313,14 @@ def run(config, workdir: str) -> dict[str, Any]:
       "bigram_loss": bigram,
       "bigram_bpc": bigram / math.log(2),
       "train_seconds_this_run": round(train_seconds, 1),
-      "train_tokens_per_sec": (round(float(np.median(steps_per_sec)) * config.batch_size
-                                     * context, 1) if steps_per_sec else None),
+      "batching": config.data.batching,
+      "padding_fraction": round(padding, 4),
+      "train_tokens_per_sec": (round(median_steps_per_sec * config.batch_size * context, 1)
+                               if steps_per_sec else None),
+      # Positions of real text per second: what packing raises (padding costs compute too).
+      "train_real_tokens_per_sec": (
+          round(median_steps_per_sec * config.batch_size * context * (1 - padding), 1)
+          if steps_per_sec else None),
       "generation_tokens_per_sec": round(generation_speed(model, state.params, config), 1),
       "samples": samples,
       "attention_pngs": write_attention_maps(workdir, model, state.params, tokenizer,

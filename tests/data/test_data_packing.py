@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attention_jax import data
 from attention_jax.data import packing
 from attention_jax.models import transformer
 
@@ -80,3 +81,74 @@ def test_a_packed_row_gives_each_sequence_its_own_logits():
 def test_bad_sequences_are_named(sequences, match):
   with pytest.raises(ValueError, match=match):
     next(packing.packed_lm_batches(sequences, length=16, batch_size=2))
+
+
+def _pairs_of_lengths(count, seed):
+  rng = np.random.default_rng(seed)
+  sources = [rng.integers(3, 50, size=rng.integers(2, 14)).tolist() for _ in range(count)]
+  targets = [rng.integers(3, 50, size=rng.integers(1, 6)).tolist() for _ in range(count)]
+  return sources, targets
+
+
+def test_packed_pairs_keep_each_source_with_its_target():
+  sources, targets = _pairs_of_lengths(60, 3)
+  rows = packing.packed_seq2seq_rows(sources, targets, input_length=32, target_length=16)
+  found = []
+  for r in range(len(rows["inputs"])):
+    in_seg, tgt_seg = rows["input_segment_ids"][r], rows["target_segment_ids"][r]
+    assert set(in_seg.tolist()) - {0} == set(tgt_seg.tolist()) - {0}
+    for segment in sorted(set(in_seg.tolist()) - {0}):
+      source = rows["inputs"][r][in_seg == segment]
+      where = tgt_seg == segment
+      assert np.all(rows["input_positions"][r][in_seg == segment] == np.arange(len(source)))
+      assert np.all(rows["target_positions"][r][where] == np.arange(where.sum()))
+      decoder_inputs, target = rows["decoder_inputs"][r][where], rows["targets"][r][where]
+      assert decoder_inputs[0] == data.BOS_ID and target[-1] == data.EOS_ID
+      assert np.array_equal(decoder_inputs[1:], target[:-1])
+      found.append((source.tolist(), target[:-1].tolist()))
+    assert np.array_equal(rows["target_mask"][r], tgt_seg > 0)
+  assert sorted(found) == sorted(zip(sources, targets))
+  assert len(rows["inputs"]) < 60 / 2
+
+
+def test_a_packed_row_of_pairs_gives_each_pair_its_own_logits():
+  """Encoder self-attention, decoder self-attention and cross-attention all stay inside a pair:
+  the logits of a packed row equal those of each pair translated alone."""
+  config = transformer.TransformerConfig(vocab_size=50, features=32, num_heads=4, mlp_dim=64,
+                                         num_layers=2, max_length=32, positions="rotary",
+                                         dropout_rate=0.0)
+  model = transformer.EncoderDecoder(config)
+  sources, targets = _pairs_of_lengths(10, 4)
+  rows = packing.packed_seq2seq_rows(sources, targets, input_length=32, target_length=16)
+  pick = int(np.argmax([len(set(r.tolist()) - {0}) for r in rows["input_segment_ids"]]))
+  rows = {k: v[pick:pick + 1] for k, v in rows.items()}
+  row = {k: jnp.asarray(v) for k, v in rows.items()}
+  params = model.init(jax.random.key(0), row["inputs"], row["decoder_inputs"])["params"]
+  apply = jax.jit(model.apply)
+  logits = apply({"params": params}, row["inputs"], row["decoder_inputs"],
+                 input_segment_ids=row["input_segment_ids"],
+                 input_positions=row["input_positions"],
+                 target_segment_ids=row["target_segment_ids"],
+                 target_positions=row["target_positions"])
+  in_seg, tgt_seg = rows["input_segment_ids"][0], rows["target_segment_ids"][0]
+  segments = sorted(set(in_seg.tolist()) - {0})
+  assert len(segments) >= 2
+  for segment in segments:
+    source = jnp.asarray(rows["inputs"][0][in_seg == segment])[None]
+    where = np.flatnonzero(tgt_seg == segment)
+    alone = apply({"params": params}, source, jnp.asarray(rows["decoder_inputs"][0][where])[None])
+    np.testing.assert_allclose(logits[0, where], alone[0], atol=1e-5)
+
+
+def test_row_batches_are_a_pure_function_of_the_step():
+  rows = packing.padded_lm_rows(_sequences(count=30), length=32)
+  batches = packing.RowBatches(rows, batch_size=4, seed=7)
+  assert batches.steps_per_epoch == 7
+  first_epoch = np.concatenate([batches[s]["inputs"] for s in range(7)])
+  assert len({tuple(r) for r in first_epoch.tolist()}) == 28  # no row twice in an epoch
+  again = packing.RowBatches(rows, batch_size=4, seed=7)
+  for step in (12, 3, 12, 0):  # out of order, as a resumed run reads them
+    np.testing.assert_array_equal(again[step]["inputs"], batches(step)["inputs"])
+  assert not np.array_equal(batches[0]["inputs"], batches[7]["inputs"])  # a new epoch, new order
+  np.testing.assert_array_equal(batches.__getitem__(3, rows=slice(1, 3))["inputs"],
+                                batches[3]["inputs"][1:3])
