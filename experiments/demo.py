@@ -23,6 +23,7 @@ import optax
 
 from attention_jax import layers
 from attention_jax import plotting
+from attention_jax import training
 
 VOCAB = 10
 
@@ -91,8 +92,7 @@ def run(workdir: str, steps: int = 400, length: int = 12, seed: int = 0) -> dict
   anti_diagonal = float(jnp.mean(weights[jnp.arange(length), length - 1 - jnp.arange(length)]))
   result = {"test_accuracy": float(test_accuracy), "train_seconds": round(train_seconds, 2),
             "steps": steps, "mean_attention_on_mirrored_position": anti_diagonal}
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  training.write_eval_json(workdir, result)
   print(json.dumps(result))
   print(f"attention map written to {png}")
   return result

@@ -44,7 +44,14 @@ import sys
 import time
 from typing import Any
 
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_files():
+  """attention_jax's atomic file writers, imported when first needed (they bring in JAX)."""
+  from attention_jax.training import run_files as module  # pylint: disable=g-import-not-at-top
+  return module
 
 
 def readme_of(experiment: str) -> str:
@@ -263,9 +270,8 @@ def execute(run: Run, workdir: str, preset: str, rerun: bool, no_run: bool) -> d
                        f"its output is in {log_path}")
     record.update(executed=True, wall_seconds=seconds, load_before=load_before,
                   finished=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
-    with open(meta_path, "w") as f:
-      json.dump({k: record[k] for k in ("command", "wall_seconds", "load_before", "finished")},
-                f, indent=2)
+    run_files().write_json(
+        meta_path, {k: record[k] for k in ("command", "wall_seconds", "load_before", "finished")})
     print(f"[{run.name}] done in {seconds} s", flush=True)
   results = None
   if os.path.exists(eval_path):
@@ -484,13 +490,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        **{s: statuses.count(s) for s in dict.fromkeys(statuses)}}
   report["environment"] = environment()
   os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
-  with open(args.report, "w", encoding="utf-8") as f:
-    f.write(markdown(report))
+  run_files().atomic_write_text(args.report, markdown(report))
   json_report = {**report, "runs": [{k: v for k, v in run.items() if k != "results"}
                                     for run in report["runs"]]}
-  with open(os.path.splitext(args.report)[0] + ".json", "w", encoding="utf-8") as f:
-    json.dump(json_report, f, indent=2, ensure_ascii=False)
-    f.write("\n")
+  run_files().atomic_write_text(os.path.splitext(args.report)[0] + ".json",
+                                json.dumps(json_report, indent=2, ensure_ascii=False) + "\n")
   print(f"{args.report}: " + ", ".join(f"{n} {s}" for s, n in report["summary"].items()))
   return report
 

@@ -102,15 +102,16 @@ class CharTokenizer:
     return [self.id_to_token(i) for i in ids]
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the vocabulary as JSON (UTF-8)."""
+    """Writes the vocabulary as JSON (UTF-8), atomically, with the mode ``open`` would give."""
+    # Imported here: the training package imports JAX and orbax, which reading text needs not.
+    from attention_jax.training import run_files  # pylint: disable=import-outside-toplevel
     payload = {
         "format": _FORMAT,
         "version": 1,
         "reserved": {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID, "unk": UNK_ID},
         "chars": list(self._chars),
     }
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(payload, f, ensure_ascii=False, indent=1)
+    run_files.atomic_write_text(path, json.dumps(payload, ensure_ascii=False, indent=1))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "CharTokenizer":

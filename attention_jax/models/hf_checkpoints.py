@@ -122,9 +122,9 @@ def save_pretrained(directory: str | os.PathLike, state_dict: Mapping[str, np.nd
   os.makedirs(directory, exist_ok=True)
   safetensors_flax.save_file({name: jnp.asarray(value) for name, value in state_dict.items()},
                              os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
-  with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-    json.dump(dict(hf_config), f, indent=2, sort_keys=True)
-    f.write("\n")
+  from attention_jax.training import run_files  # pylint: disable=import-outside-toplevel
+  run_files.atomic_write_text(os.path.join(directory, CONFIG_NAME),
+                              json.dumps(dict(hf_config), indent=2, sort_keys=True) + "\n")
   return directory
 
 

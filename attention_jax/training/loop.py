@@ -3,7 +3,9 @@
 Everything a run writes goes under ``workdir``::
 
   workdir/config.json          the config (rewritten at each start)
-  workdir/checkpoints/<step>/  orbax checkpoints (state + config JSON), the latest few
+  workdir/checkpoints/<step>/  orbax checkpoints (state, its checksums, the open log interval,
+                               config JSON), the latest few; a resume restores the newest intact
+                               one (see :mod:`checkpointing`)
   workdir/metrics.jsonl        one line per log interval ("split": "train") and evaluation
                                ("split": "eval"), truncated to the restored step on resume
   workdir/tensorboard/         TensorBoard scalars (train/<metric>, eval/<metric>)
@@ -18,7 +20,9 @@ host syncs only when logging, evaluating or checkpointing.
 
 After ``done = s + 1`` updates: log (if ``done % log_every == 0``), evaluate (if
 ``done % eval_every == 0``), checkpoint (if ``done % checkpoint_every == 0``), in this order, so
-a checkpoint at step ``k`` implies the log lines up to ``k`` were written. All three also happen
+a checkpoint at step ``k`` implies the log lines up to ``k`` were written; it also holds the metric
+sums of a log interval still open at ``k``, so a resumed run's next line covers the same steps as
+an uninterrupted run's (bit-identical values). All three also happen
 at ``done == num_steps``. Before any of them the loop checks that no step produced a NaN/Inf
 loss or gradient norm (and, before saving, that the parameters are finite); otherwise it raises
 ``FloatingPointError`` without saving, leaving the last good checkpoint in place.

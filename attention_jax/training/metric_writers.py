@@ -3,7 +3,9 @@
 ``metrics.jsonl`` holds one JSON object per line, each with ``"step"`` and ``"split"``
 (``"train"`` or ``"eval"``). On resume from a checkpoint at step ``k`` the log is truncated to
 the lines with ``step <= k`` (lines written after the checkpoint by a run that then died are
-dropped, and so is a torn last line), then appended to: the log never holds duplicates.
+dropped), then appended to: the log never holds duplicates. A line that is not a JSON object
+with an integer ``step`` (torn by a crash, invalid UTF-8, a bad ``step``) is dropped with one
+warning naming the file and line.
 
 TensorBoard scalars are written with ``tensorboardX`` (no TensorFlow needed). A failure to write
 them is an error like any other: it is raised, not skipped.
@@ -18,6 +20,7 @@ import sys
 import time
 from typing import Any, Mapping
 
+from absl import logging
 from tensorboardX import event_file_writer
 from tensorboardX import summary as tb_summary
 from tensorboardX.proto import event_pb2
@@ -40,14 +43,14 @@ class JsonlWriter:
     self._file = None
 
   def truncate_to(self, step: int) -> int:
-    """Keeps only complete lines whose ``step`` is ``<= step`` (atomically; creates the file).
+    """Keeps only valid lines whose ``step`` is ``<= step`` (atomically; creates the file).
 
-    Returns the number of lines kept.
+    Invalid lines are dropped with a warning (see the module doc). Returns the number of lines
+    kept.
     """
     self.close()
-    records = read_jsonl(self.path) if os.path.exists(self.path) else []
-    kept = [json.dumps(r) for r in records
-            if isinstance(r, dict) and int(r.get("step", -1)) <= step]
+    records = _read_records(self.path, "dropped") if os.path.exists(self.path) else []
+    kept = [json.dumps(r) for r in records if r["step"] <= step]
     atomic_write_text(self.path, "".join(line + "\n" for line in kept))
     return len(kept)
 
@@ -64,14 +67,40 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """All records of a JSONL log (torn lines skipped)."""
+  """All valid records of a JSONL log; an invalid line is skipped with a warning."""
+  return _read_records(path, "skipped")
+
+
+def _line_problem(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+  """``(record, None)`` for a valid line, else ``(None, what is wrong)``."""
+  try:
+    record = json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError:
+    return None, "invalid UTF-8"
+  except json.JSONDecodeError:
+    return None, "not valid JSON (torn by a crash?)"
+  if not isinstance(record, dict):
+    return None, "not a JSON object"
+  step = record.get("step")
+  if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    return None, f"step is {step!r}, not a step number"
+  return record, None
+
+
+def _read_records(path: str | os.PathLike, action: str) -> list[dict[str, Any]]:
+  """The valid records of ``path``; each invalid line is ``action`` ("dropped") with a
+  warning."""
+  path = os.fspath(path)
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass  # a line torn by a crash mid-write
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      if not raw.strip():
+        continue
+      record, problem = _line_problem(raw)
+      if problem is None:
+        records.append(record)
+      else:
+        logging.warning("%s line %d %s: %s", path, number, action, problem)
   return records
 
 
