@@ -1,7 +1,7 @@
-r"""Packed against padded batches: positions of real text per second, padding, final loss.
+r"""Packed against padded batches: real data per second, padding, final loss and accuracy.
 
-  python -m benchmarks.packing                   # LM, context 256, 3 seeds (~6 min on 2 cores)
-  python -m benchmarks.packing --seeds=1 --steps=100   # a smoke run
+  python -m benchmarks.packing                   # LM and seq2seq, 3 seeds each
+  python -m benchmarks.packing --experiments=lm --seeds=1 --steps=100   # a smoke run
 
 Trains the character LM of ``experiments/transformer_lm`` (default model) on whole documents (text
 between blank lines, cut to the context) twice per seed: ``padded``, one document per row, and
@@ -10,7 +10,11 @@ padded run takes ``--steps`` steps; the packed run takes the steps that hold the
 real (non-padding) positions, so both see the same amount of text and should end at the same
 validation loss (evaluated on the same padded validation documents), the packed one sooner.
 
-Prints one JSON line per run (with the load average before it) and a markdown table of mean +-
+Then the Transformer of ``experiments/transformer_seq2seq`` (``--seq2seq_preset``, without the
+RNN) on padded pairs and on packed rows holding about as many pairs per step: equal steps, equal
+examples, so equal test accuracy is expected and the packed run should train faster.
+
+Prints one JSON line per run (with the load average before it) and markdown tables of mean +-
 std over seeds.
 """
 
@@ -25,9 +29,12 @@ import time
 import numpy as np
 from absl import logging
 
+from attention_jax import data
 from attention_jax import training
 from experiments.transformer_lm import config as lm_config
 from experiments.transformer_lm import train as lm
+from experiments.transformer_seq2seq import config as s2s_config
+from experiments.transformer_seq2seq import train as s2s
 
 
 def lm_config_for(mode: str, seed: int, steps: int, context: int):
@@ -79,6 +86,57 @@ def lm_run(documents: LMDocuments, mode: str, batches, seed: int, steps: int, co
           "validation_loss": round(val["loss"], 4), "train_wall_s": round(wall, 1)}
 
 
+def seq2seq_run(packed: bool, seed: int, preset: str, workdir: str) -> dict:
+  """The Transformer of ``experiments/transformer_seq2seq`` (``preset``, without the RNN)."""
+  config = s2s_config.get_config(preset)
+  config.seed = seed
+  config.compare_rnn = False
+  config.packing.enabled = packed
+  config.eval.num_heatmaps = 0
+  results = s2s.run(config, workdir)["models"]["transformer"]
+  packing = results.get("packing", {})
+  return {"mode": "packed" if packed else "padded", "seed": seed, "steps": config.num_steps,
+          "rows_per_step": packing.get("rows_per_step", config.batch_size),
+          "pairs_per_row": packing.get("pairs_per_row", 1.0),
+          "input_padding_fraction": packing.get("input_padding_fraction"),
+          "target_padding_fraction": packing.get("target_padding_fraction"),
+          "train_examples_per_second": results["train_examples_per_second"],
+          "train_seconds": results["train_seconds"],
+          "test_exact_match": results["test"]["exact_match"],
+          "test_long_exact_match": results["test_long"]["exact_match"]}
+
+
+def padded_fractions(preset: str) -> tuple[float, float]:
+  """The padded pipeline's padding of sources and targets over the training split."""
+  config = s2s_config.get_config(preset)
+  source = data.load_dates(split="train", data_dir=config.data.data_dir,
+                           config=config.data.dataset_config)
+  lengths = np.array([[len(source[i]["source"].decode("utf-8")),
+                       len(source[i]["target"].decode("utf-8")) + 1]
+                      for i in range(0, len(source), 10)], np.float64)
+  return (1 - lengths[:, 0].mean() / config.data.max_input_len,
+          1 - lengths[:, 1].mean() / config.data.max_target_len)
+
+
+def seq2seq_table(rows: list[dict], padded_padding: tuple[float, float]) -> str:
+  lines = ["| batching | rows x pairs per step | source / target padding | train examples/s | "
+           "training s | test exact | test_long exact |",
+           "|---|---|---|---|---|---|---|"]
+  for mode in ("padded", "packed"):
+    runs = [r for r in rows if r["mode"] == mode]
+
+    def stat(key, digits, scale=1.0, runs=runs):
+      values = scale * np.array([r[key] for r in runs], np.float64)
+      return f"{values.mean():.{digits}f} +- {values.std():.{digits}f}"
+    padding = (padded_padding if mode == "padded" else
+               (runs[0]["input_padding_fraction"], runs[0]["target_padding_fraction"]))
+    lines.append(f"| {mode} | {runs[0]['rows_per_step']} x {runs[0]['pairs_per_row']} | "
+                 f"{padding[0]:.2f} / {padding[1]:.2f} | "
+                 f"{stat('train_examples_per_second', 0)} | {stat('train_seconds', 1)} | "
+                 f"{stat('test_exact_match', 2, 100)}% | {stat('test_long_exact_match', 2, 100)}% |")
+  return "\n".join(lines)
+
+
 def summarise(rows: list[dict]) -> str:
   lines = ["| batching | padding | steps | real tokens/s | validation loss | training s |",
            "|---|---|---|---|---|---|"]
@@ -96,30 +154,50 @@ def summarise(rows: list[dict]) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=600, help="steps of the padded run")
+  parser.add_argument("--experiments", default="lm,seq2seq")
+  parser.add_argument("--steps", type=int, default=300, help="steps of the padded LM run")
   parser.add_argument("--context", type=int, default=256)
+  parser.add_argument("--seq2seq_preset", default="quick")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--out", default="", help="also write the rows as JSON here")
   args = parser.parse_args()
   logging.set_verbosity(logging.WARNING)  # orbax and the loop log at INFO
-  rows = []
+  experiments = args.experiments.split(",")
+  rows, tables = [], []
   with tempfile.TemporaryDirectory() as tmp:
-    documents = LMDocuments(args.context, tmp)
-    batch_size = lm_config_for("padded", 0, 100, args.context).batch_size
-    for seed in range(args.seeds):
-      runs = {mode: lm.document_batches(documents.docs, mode, batch_size, args.context, seed)
-              for mode in ("padded", "packed")}
-      # Equal real positions: the packed run needs fewer steps by the ratio of real fractions.
-      steps = {"padded": args.steps,
-               "packed": int(round(args.steps * (1 - runs["padded"].padding_fraction())
-                                   / (1 - runs["packed"].padding_fraction())))}
-      for mode, batches in runs.items():
-        load = os.getloadavg()[0]
-        row = lm_run(documents, mode, batches, seed, steps[mode], args.context,
-                     os.path.join(tmp, f"{mode}{seed}"))
-        rows.append({**row, "load average before": round(load, 2)})
-        print(json.dumps(rows[-1]), flush=True)
-  print(summarise(rows))
+    if "lm" in experiments:
+      documents = LMDocuments(args.context, tmp)
+      batch_size = lm_config_for("padded", 0, 100, args.context).batch_size
+      lm_rows = []
+      for seed in range(args.seeds):
+        runs = {mode: lm.document_batches(documents.docs, mode, batch_size, args.context, seed)
+                for mode in ("padded", "packed")}
+        # Equal real positions: the packed run needs fewer steps by the ratio of real fractions.
+        steps = {"padded": args.steps,
+                 "packed": int(round(args.steps * (1 - runs["padded"].padding_fraction())
+                                     / (1 - runs["packed"].padding_fraction())))}
+        for mode, batches in runs.items():
+          load = os.getloadavg()[0]
+          row = lm_run(documents, mode, batches, seed, steps[mode], args.context,
+                       os.path.join(tmp, f"lm_{mode}{seed}"))
+          lm_rows.append({"experiment": "lm", **row, "load average before": round(load, 2)})
+          print(json.dumps(lm_rows[-1]), flush=True)
+      rows += lm_rows
+      tables.append(f"LM, context {args.context}, equal real tokens:\n" + summarise(lm_rows))
+    if "seq2seq" in experiments:
+      s2s_rows = []
+      for seed in range(args.seeds):
+        for packed in (False, True):
+          load = os.getloadavg()[0]
+          row = seq2seq_run(packed, seed, args.seq2seq_preset,
+                            os.path.join(tmp, f"s2s_{packed}{seed}"))
+          s2s_rows.append({"experiment": "seq2seq", **row,
+                           "load average before": round(load, 2)})
+          print(json.dumps(s2s_rows[-1]), flush=True)
+      rows += s2s_rows
+      tables.append(f"Transformer seq2seq ({args.seq2seq_preset}), equal steps and pairs per "
+                    f"step:\n" + seq2seq_table(s2s_rows, padded_fractions(args.seq2seq_preset)))
+  print("\n\n".join(tables))
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       json.dump(rows, f, indent=1)

@@ -12,6 +12,9 @@ Presets (``config.py:<preset>``):
   quick    600 steps, 500 test examples.
   tiny     seconds; the tests use it.
   gpu      Transformer-base-like (6+6 layers, width 512, bf16), longer training (GPU/TPU).
+
+``--config.packing.enabled`` trains on packed rows of pairs (``benchmarks/packing.py`` measures
+it against the padded batches).
 """
 
 import copy
@@ -59,6 +62,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.0
   config.model.dtype = "float32"  # or "bfloat16" (GPU/TPU)
 
+  # Packed training batches: several source/target pairs per row (segment ids keep them apart)
+  # instead of one pair padded to data.max_input_len / max_target_len. `rows` per step, 0 = as
+  # many as hold about batch_size pairs, so a step sees as many examples either way.
+  config.packing = ml_collections.ConfigDict()
+  config.packing.enabled = False
+  config.packing.target_length = 64
+  config.packing.rows = 0
+
   config.learning_rate = 1e-3
   config.optimizer = "adamw"
   config.weight_decay = 0.01
@@ -104,5 +115,13 @@ def validate(config) -> None:
                        f"got {m[field]!r}")
   if not 0 <= m.dropout_rate <= 0.9:
     raise ValueError(f"config.model.dropout_rate must be in [0, 0.9], got {m.dropout_rate!r}")
+  p = config.packing
+  if p.target_length < config.data.max_target_len:
+    raise ValueError(f"config.packing.target_length ({p.target_length}) must be >= "
+                     f"config.data.max_target_len ({config.data.max_target_len}): a row must hold "
+                     f"the longest target")
+  if p.rows < 0:
+    raise ValueError(f"config.packing.rows must be >= 0 (0 = about batch_size pairs per step), "
+                     f"got {p.rows!r}")
   if config.eval.length_penalty < 0:
     raise ValueError(f"config.eval.length_penalty must be >= 0, got {config.eval.length_penalty!r}")

@@ -58,23 +58,54 @@ def make_model(config, vocab_size: int) -> transformer.EncoderDecoder:
   m = config.model
   return transformer.EncoderDecoder(transformer.TransformerConfig(
       vocab_size=vocab_size, features=m.features, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-      num_layers=m.num_layers, max_length=max(config.data.max_input_len,
-                                              config.data.max_target_len),
+      num_layers=m.num_layers, max_length=max(
+          config.data.max_input_len, config.data.max_target_len,
+          config.packing.target_length if config.packing.enabled else 0),
       positions=m.positions, pre_norm=m.pre_norm, dropout_rate=m.dropout_rate,
       tie_embeddings=True, scale_embeddings=True, activation="relu",
       dtype=jnp.bfloat16 if m.dtype == "bfloat16" else None))
 
 
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def packed_train_batches(config, source, tokenizer) -> data.packing.RowBatches:
+  """The training split as packed rows of pairs (``config.packing``), batched by step."""
+  sources, targets = [], []
+  for i in range(len(source)):
+    record = source[i]
+    sources.append(tokenizer.encode(_text(record["source"])))
+    targets.append(tokenizer.encode(_text(record["target"])))
+  rows = data.packing.packed_seq2seq_rows(
+      sources, targets, input_length=config.data.max_input_len,
+      target_length=config.packing.target_length, seed=config.seed)
+  num_rows = len(rows["inputs"])
+  per_row = len(sources) / num_rows
+  batch_rows = config.packing.rows or max(1, round(config.batch_size / per_row))
+  return data.packing.RowBatches(rows, min(batch_rows, num_rows), config.seed)
+
+
+def pairs_per_row(batches: data.packing.RowBatches) -> float:
+  return float(np.mean([len(set(r.tolist()) - {0}) for r in batches.rows["target_segment_ids"]]))
+
+
 def train_transformer(config, workdir: str, model: transformer.EncoderDecoder, train_batches,
                       val_batches):
-  """Trains (or resumes) the Transformer in ``workdir``; returns the final train state."""
+  """Trains (or resumes) the Transformer in ``workdir``; returns the final train state. Batches
+  are padded pairs (with ``input_lengths``) or packed rows (with segment ids and positions)."""
   example = train_batches[0]
   params = model.init(jax.random.key(config.seed), example["inputs"], example["decoder_inputs"],
-                      example["input_lengths"])["params"]
+                      example.get("input_lengths"))["params"]
 
   def logits_fn(params, batch, rng):
     return model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
-                       batch["input_lengths"], deterministic=rng is None,
+                       batch.get("input_lengths"),
+                       input_segment_ids=batch.get("input_segment_ids"),
+                       input_positions=batch.get("input_positions"),
+                       target_segment_ids=batch.get("target_segment_ids"),
+                       target_positions=batch.get("target_positions"),
+                       deterministic=rng is None,
                        rngs=None if rng is None else {"dropout": rng})
 
   return training.train_teacher_forced(config, workdir, model, params, logits_fn, train_batches,
@@ -136,14 +167,15 @@ def _parameters(params) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def training_time(model_dir: str) -> dict[str, float]:
+def training_time(model_dir: str, examples_per_row: float = 1.0) -> dict[str, float]:
   """Seconds of training and examples per second over the whole run, summed from the logged
   intervals of ``metrics.jsonl`` (so a resumed run still reports all of it, without the time
-  spent compiling, checkpointing and evaluating)."""
+  spent compiling, checkpointing and evaluating). A logged example is a row: packed rows hold
+  ``examples_per_row`` pairs."""
   rows = [r for r in training.read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
           if r.get("split") == "train" and r.get("steps_per_sec")]
   seconds = sum(r["num_steps"] / r["steps_per_sec"] for r in rows)
-  examples = sum(r["example_count"] for r in rows)
+  examples = sum(r["example_count"] for r in rows) * examples_per_row
   return {"train_seconds": round(seconds, 1),
           "train_examples_per_second": round(examples / seconds, 1) if seconds else None}
 
@@ -151,13 +183,22 @@ def training_time(model_dir: str) -> dict[str, float]:
 def run_transformer(config, workdir: str, sources) -> dict[str, Any]:
   tokenizer, _ = task.load_tokenizers(workdir, sources["train"], joint=True)
   train_batches, val_batches = task.make_batches(config, sources, tokenizer, tokenizer)
+  per_row, packed = 1.0, {}
+  if config.packing.enabled:
+    train_batches = packed_train_batches(config, sources["train"], tokenizer)
+    per_row = pairs_per_row(train_batches)
+    packed = {"packing": {
+        "rows_per_step": train_batches.batch_size, "pairs_per_row": round(per_row, 2),
+        "input_padding_fraction": round(
+            float(np.mean(train_batches.rows["input_segment_ids"] == 0)), 4),
+        "target_padding_fraction": round(train_batches.padding_fraction("target_mask"), 4)}}
   model = make_model(config, tokenizer.vocab_size)
   model_dir = os.path.join(workdir, "transformer")
   start = time.perf_counter()
   state = train_transformer(config, model_dir, model, train_batches, val_batches)
   results = {"parameters": _parameters(state.params),
              "train_seconds_this_run": round(time.perf_counter() - start, 1),
-             **training_time(model_dir)}
+             **training_time(model_dir, per_row), **packed}
   decode = make_decoder(model, config.eval.beam_size, config.data.max_target_len,
                         config.eval.length_penalty)
   for split in ("test", "test_long"):
