@@ -28,6 +28,7 @@ from attention_jax import data  # noqa: E402
 from attention_jax import decoding  # noqa: E402
 from attention_jax import training  # noqa: E402
 from attention_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
+from attention_jax.errors import ConfigError  # noqa: E402
 from attention_jax.models import seq2seq  # noqa: E402
 from attention_jax.plotting.figures import save_figure  # noqa: E402
 from attention_jax.training import train_teacher_forced  # noqa: E402
@@ -120,7 +121,7 @@ def rnn_config(preset: str = "default") -> ml_collections.ConfigDict:
 
 def _require(ok: bool, field: str, expected: str, value: Any) -> None:
   if not ok:
-    raise ValueError(f"config.{field} must be {expected}, got {value!r}")
+    raise ConfigError(f"config.{field} must be {expected}, got {value!r}")
 
 
 def _is_int(value) -> bool:
@@ -136,6 +137,14 @@ def validate_data_and_eval(config) -> None:
            "> 0", d.max_input_len)
   _require(_is_int(d.max_target_len) and d.max_target_len > 1, "data.max_target_len",
            "> 1", d.max_target_len)
+  need_input, need_target = data.dates.required_lengths(d.dataset_config)
+  # Checked here, before the data is prepared; the pipeline would find it only afterwards.
+  _require(d.max_input_len >= need_input, "data.max_input_len",
+           f">= {need_input} (the longest source of dates_translation/{d.dataset_config}, in "
+           f"test_long)", d.max_input_len)
+  _require(d.max_target_len >= need_target, "data.max_target_len",
+           f">= {need_target} (the longest target of dates_translation/{d.dataset_config} "
+           f"plus EOS)", d.max_target_len)
   for field in ("batch_size", "beam_size"):
     _require(_is_int(e[field]) and e[field] > 0, f"eval.{field}", "> 0", e[field])
   for field in ("max_examples", "num_heatmaps"):

@@ -42,7 +42,7 @@ from attention_jax.training.config_json import config_to_dict, load_config_json,
 from attention_jax.training.evaluation import evaluate
 from attention_jax.training.flags import define_config_flags
 from attention_jax.training.launch import run_experiment, run_experiment_folder
-from attention_jax.training.loop import train
+from attention_jax.training.loop import TrainingDiverged, train
 from attention_jax.training.metric_writers import (
     JsonlWriter,
     SummaryWriter,
@@ -58,7 +58,7 @@ from attention_jax.training.train_state import TrainState, create_train_state
 
 __all__ = [
     "CheckpointError", "Checkpointer", "JsonlWriter", "OPTIMIZERS", "SCHEDULES", "SummaryWriter",
-    "TrainState",
+    "TrainState", "TrainingDiverged",
     "abstract_like", "accumulate", "atomic_write_text", "classification_sums", "config_to_dict",
     "create_train_state", "default_training_config", "define_config_flags", "evaluate",
     "load_config_json", "make_eval_step", "make_optimizer", "make_progress_bar", "make_schedule",

@@ -34,6 +34,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from attention_jax.errors import UserError
 from attention_jax.training import checksums as checksums_lib
 
 _STATE = "state"
@@ -44,7 +45,7 @@ _ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
 _DIFFERENT_MODEL = "of a different model"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint folder that cannot be written, or holds no usable checkpoint (one line)."""
 
 

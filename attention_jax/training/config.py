@@ -3,8 +3,8 @@
 * :func:`default_training_config` -- a ``ConfigDict`` with the fields the shared loop, optimiser
   factory and checkpointing read. Experiments extend it (``config.model = ...``) in their
   ``get_config()``.
-* :func:`validate_training_config` -- raises ``ValueError("config.learning_rate must be > 0,
-  got -1.0")`` for the first bad training field; :func:`attention_jax.training.train` calls it.
+* :func:`validate_training_config` -- raises ``ConfigError`` (a ``ValueError``:
+  ``"config.learning_rate must be > 0, got -1.0"``) for the first bad training field; :func:`attention_jax.training.train` calls it.
   Fields it does not know (an experiment's own) are left to the experiment.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
+from attention_jax.errors import ConfigError
 from attention_jax.parallel import mesh as mesh_lib
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -43,6 +44,9 @@ def default_training_config() -> ml_collections.ConfigDict:
   * ``keep_checkpoints`` (int > 0): how many of the latest checkpoints to keep.
   * ``eval_every`` (int >= 0): steps between evaluations; 0 evaluates only at the end.
   * ``async_checkpointing`` (bool): write checkpoints in a background thread.
+  * ``max_loss`` (float > 0 or None): the divergence guard; a logged training loss above it
+    stops the run (as a NaN/Inf loss does), naming the step and the last good checkpoint.
+    None or 0 disables it.
   * ``mesh.data``, ``mesh.fsdp``, ``mesh.sequence`` (int): the device mesh the loop trains on
     (:func:`attention_jax.parallel.make_mesh`); ``mesh.data = -1`` takes every device the other
     axes leave, so the default is data parallelism over all devices (one device: a 1x1x1 mesh).
@@ -67,6 +71,7 @@ def default_training_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.eval_every = 0
   config.async_checkpointing = True
+  config.max_loss = ml_collections.config_dict.placeholder(float)  # None: no divergence guard
   config.mesh = mesh_lib.default_mesh_config()
   return config
 
@@ -75,12 +80,12 @@ def _field(config: Mapping[str, Any], name: str) -> Any:
   try:
     return config[name]
   except (KeyError, AttributeError, TypeError):
-    raise ValueError(f"config.{name} is missing") from None
+    raise ConfigError(f"config.{name} is missing") from None
 
 
 def _require(ok: bool, name: str, requirement: str, value: Any) -> None:
   if not ok:
-    raise ValueError(f"config.{name} must be {requirement}, got {value!r}")
+    raise ConfigError(f"config.{name} must be {requirement}, got {value!r}")
 
 
 def _int(config: Mapping[str, Any], name: str) -> int:
@@ -100,6 +105,20 @@ def _number(config: Mapping[str, Any], name: str) -> float:
   return value
 
 
+def _check_mesh(config: Mapping[str, Any]) -> None:
+  """The mesh fits this runtime's devices and ``batch_size`` splits over its batch axes."""
+  try:
+    sizes = mesh_lib.mesh_shape(config.get("mesh"), jax.device_count())
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  split = sizes["data"] * sizes["fsdp"]
+  if config["batch_size"] % split:
+    raise ConfigError(
+        f"config.batch_size must be a multiple of config.mesh.data * config.mesh.fsdp = "
+        f"{sizes['data']} * {sizes['fsdp']} = {split} (the devices the rows split over), got "
+        f"{config['batch_size']}")
+
+
 def validate_training_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
   """Raises ``ValueError`` naming the first bad training field and its value.
 
@@ -111,7 +130,8 @@ def validate_training_config(config: Mapping[str, Any] | ml_collections.ConfigDi
   Args:
     config: a ``ConfigDict`` or a mapping.
   """
-  _int(config, "seed")
+  seed = _int(config, "seed")
+  _require(0 <= seed < 2**32, "seed", "in [0, 2**32)", seed)
   for name in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
     value = _int(config, name)
     _require(value > 0, name, "> 0", value)
@@ -130,21 +150,24 @@ def validate_training_config(config: Mapping[str, Any] | ml_collections.ConfigDi
   if _field(config, "grad_clip_norm") is not None:
     value = _number(config, "grad_clip_norm")
     _require(value >= 0, "grad_clip_norm", ">= 0", value)
+  if config.get("max_loss") is not None:
+    value = _number(config, "max_loss")
+    _require(value >= 0, "max_loss", ">= 0 (0 or None: no divergence guard)", value)
   for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
     value = _field(config, name)
     _require(value in choices, name, "one of " + ", ".join(repr(c) for c in choices), value)
   value = _field(config, "async_checkpointing")
   _require(isinstance(value, bool), "async_checkpointing", "True or False", value)
 
-  mesh_lib.mesh_shape(config.get("mesh"), jax.device_count())
+  _check_mesh(config)
   if config["schedule"] == "warmup_rsqrt" and config["warmup_steps"] == 0:
-    raise ValueError(
+    raise ConfigError(
         "config.warmup_steps must be > 0 when config.schedule is 'warmup_rsqrt', got 0")
   if config["schedule"] == "warmup_cosine" and config["warmup_steps"] >= config["num_steps"]:
-    raise ValueError(
+    raise ConfigError(
         f"config.warmup_steps must be < config.num_steps ({config['num_steps']}) when "
         f"config.schedule is 'warmup_cosine', got {config['warmup_steps']}")
   if config["optimizer"] == "adam" and config["weight_decay"] != 0:
-    raise ValueError(
+    raise ConfigError(
         f"config.weight_decay must be 0 with config.optimizer 'adam' (use 'adamw' for "
         f"decoupled weight decay), got {config['weight_decay']!r}")

@@ -25,7 +25,9 @@ sums of a log interval still open at ``k``, so a resumed run's next line covers 
 an uninterrupted run's (bit-identical values). All three also happen
 at ``done == num_steps``. Before any of them the loop checks that no step produced a NaN/Inf
 loss or gradient norm (and, before saving, that the parameters are finite); otherwise it raises
-``FloatingPointError`` without saving, leaving the last good checkpoint in place.
+``TrainingDiverged`` (a ``FloatingPointError``) without saving, leaving the last good checkpoint
+in place. With ``config.max_loss`` set, a finite logged training loss above it stops the run
+the same way, after its log line is written.
 
 Devices: the loop builds the mesh of ``config.mesh`` (:mod:`attention_jax.parallel`; default
 data parallelism over all devices), places the state with its ``NamedSharding`` rules (``fsdp``
@@ -54,12 +56,18 @@ import numpy as np
 from absl import logging
 
 from attention_jax import parallel
+from attention_jax.errors import UserError
 from attention_jax.training import metric_writers
 from attention_jax.training import metrics as metrics_lib
 from attention_jax.training.checkpointing import Checkpointer
 from attention_jax.training.config import validate_training_config
 from attention_jax.training.config_json import config_to_dict, save_config_json
 from attention_jax.training.run_files import write_json
+
+class TrainingDiverged(UserError, FloatingPointError):
+  """A run stopped by a NaN/Inf loss, gradient norm or parameter, or a loss over
+  ``config.max_loss``; the message names the step and the last good checkpoint."""
+
 
 _accumulate = jax.jit(metrics_lib.accumulate, donate_argnums=(0,))
 
@@ -87,11 +95,21 @@ def _raise_if_nonfinite(host_sums: Mapping[str, Any], first_step: int, last_step
       what = f"loss is {loss}"
     else:
       what = f"gradient norm is {grad_norm} (loss {loss})"
-    raise FloatingPointError(f"{what} at step {step}; {_last_good(checkpointer)}")
+    raise TrainingDiverged(f"{what} at step {step}; {_last_good(checkpointer)}")
   loss_sum = float(np.asarray(host_sums.get("loss_sum", 0.0)))
   if not np.isfinite(loss_sum):  # a train_step that does not track the first bad step
-    raise FloatingPointError(
+    raise TrainingDiverged(
         f"loss is {loss_sum} in steps {first_step}..{last_step}; {_last_good(checkpointer)}")
+
+
+def _raise_if_over(max_loss: float | None, loss: float | None, step: int,
+                   checkpointer: Checkpointer) -> None:
+  """The divergence guard: a finite loss logged at ``step`` over ``config.max_loss`` (None or 0:
+  off)."""
+  if max_loss and loss is not None and loss > max_loss:
+    raise TrainingDiverged(
+        f"training loss {loss:.6g} logged at step {step} exceeds config.max_loss = {max_loss:g}; "
+        f"{_last_good(checkpointer)} (lower config.learning_rate or raise config.max_loss)")
 
 
 def _interval_state(interval_start: int, sums, host_sums) -> dict[str, Any]:
@@ -240,6 +258,7 @@ class _Run:
           pbar.set_postfix({"loss": "n/a" if loss is None else f"{loss:.4g}",
                             "steps/s": f"{record['steps_per_sec']:.3g}",
                             "ex/s": f"{record['examples_per_sec']:.3g}"}, refresh=False)
+          _raise_if_over(self.config.get("max_loss"), loss, done, self.checkpointer)
           sums = None
           interval_start = timed_from = done
           interval_time = time.perf_counter()
@@ -252,7 +271,7 @@ class _Run:
             outputs.write_final_eval(done, result)
         if do_save:
           if not bool(_all_finite(state.params)):
-            raise FloatingPointError(f"parameters are not finite after step {step}; "
+            raise TrainingDiverged(f"parameters are not finite after step {step}; "
                                      f"{_last_good(self.checkpointer)}")
           self.checkpointer.save(done, state, force=True,
                                  loop_state=_interval_state(interval_start, sums, host_sums))
@@ -308,8 +327,9 @@ def train(
     The state after ``config.num_steps`` updates.
 
   Raises:
-    FloatingPointError: a step had a NaN/Inf loss or gradient norm (the message names the
-      step and the last good checkpoint), or the parameters became non-finite.
+    TrainingDiverged: (a ``FloatingPointError``) a step had a NaN/Inf loss or gradient norm
+      (the message names the step and the last good checkpoint), the parameters became
+      non-finite, or a logged loss exceeded ``config.max_loss``.
   """
   validate_training_config(config)
   workdir = os.path.abspath(os.fspath(workdir))

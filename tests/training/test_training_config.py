@@ -37,6 +37,10 @@ def test_defaults_have_every_standard_field_and_validate():
     [
         ("seed", 1.0, "config.seed must be an integer, got 1.0"),
         ("seed", False, "config.seed must be an integer, got False"),
+        ("seed", -1, "config.seed must be in [0, 2**32), got -1"),
+        ("seed", 2**32, "config.seed must be in [0, 2**32), got 4294967296"),
+        ("max_loss", -1.0, "config.max_loss must be >= 0 (0 or None: no divergence guard), "
+         "got -1.0"),
         ("num_steps", 0, "config.num_steps must be > 0, got 0"),
         ("num_steps", 2.5, "config.num_steps must be an integer, got 2.5"),
         ("num_steps", "10", "config.num_steps must be an integer, got '10'"),
@@ -82,7 +86,8 @@ def test_bad_field_raises_value_error_naming_field_and_value(field, value, messa
 
 @pytest.mark.parametrize("field,value", [("grad_clip_norm", None), ("grad_clip_norm", 0),
                                          ("weight_decay", 0), ("momentum", 0), ("momentum", 1),
-                                         ("eval_every", 0), ("seed", -7),
+                                         ("eval_every", 0), ("seed", 0), ("seed", 2**32 - 1),
+                                         ("max_loss", None), ("max_loss", 0),
                                          ("learning_rate", 1), ("async_checkpointing", False)])
 def test_boundary_values_are_valid(field, value):
   training.validate_training_config(_config(**{field: value}))

@@ -80,12 +80,13 @@ def test_flags_override_the_workdir_config_fields_and_verbosity(script, tmp_path
 
 def test_a_stray_argument_is_a_usage_error(script):
   proc = _launch(script, "--config.num_steps=7", "extra")
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert proc.stdout == ""
-  assert "unexpected arguments: ['extra']" in proc.stderr
+  assert proc.stderr.startswith("error: unexpected arguments: ['extra']")
+  assert len(proc.stderr.splitlines()) == 1
 
 
 def test_an_unknown_flag_is_an_error(script):
   proc = _launch(script, "--num_stepz=7")
-  assert proc.returncode == 1 and proc.stdout == ""
-  assert "num_stepz" in proc.stderr
+  assert proc.returncode == 2 and proc.stdout == ""
+  assert proc.stderr == "error: Unknown command line flag 'num_stepz'\n"
