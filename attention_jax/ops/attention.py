@@ -162,6 +162,27 @@ def _check_inputs(query, key, value, bias, mask, lengths, segment_ids):
   return query, key, value, segment_ids
 
 
+def _hide_unseen_keys(key, value, mask, lengths):
+  """Zeros the key and value rows no query may see (padding past ``key_value_seq_lengths``, key
+  columns the mask hides from every query and head): a masked weight is 0, but ``0 * NaN`` is
+  NaN, so garbage in padding would otherwise leak into outputs and gradients. Rows a query can
+  see are left as they are (a NaN there is the caller's and shows)."""
+  kv_len = key.shape[-3]
+  visible = None
+  if lengths[1] is not None:
+    visible = jnp.arange(kv_len) < jnp.asarray(lengths[1])[..., None]  # [batch..., kv_len]
+  if mask is not None:
+    seen = jnp.asarray(mask)
+    for _ in range(min(2, seen.ndim - 1)):  # any query, then any head
+      seen = jnp.any(seen, axis=-2)
+    visible = seen if visible is None else visible & seen
+  if visible is None:
+    return key, value
+  visible = visible[..., None, None]  # over [kv_heads, dim]
+  return (jnp.where(visible, key, jnp.zeros((), key.dtype)),
+          jnp.where(visible, value, jnp.zeros((), value.dtype)))
+
+
 def _reference(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
                dropout_rng=None):
   """Materialises the weights: O(q_len * kv_len) memory.
@@ -299,7 +320,9 @@ def dot_product_attention(
     value: ``[batch..., kv_len, kv_heads, v_dim]``.
     bias: float, added to the (soft-capped) logits, broadcastable to
       ``[batch..., heads, q_len, kv_len]``.
-    mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, q_len, kv_len]``.
+    mask: bool, ``True`` = may attend, broadcastable to ``[batch..., heads, q_len, kv_len]``
+      (right-aligned, as NumPy: a 3-D mask is ``[heads, q_len, kv_len]``; one per batch row is
+      ``[batch, 1, q_len, kv_len]``). Flax's float masks: pass ``mask != 0``.
     scale: multiplies the logits; default ``1 / sqrt(head_dim)``.
     is_causal: query ``i`` attends to keys ``j <= i + kv_len - q_len``: aligned **bottom-right**
       (the queries are the last positions), which is what decoding with a KV cache and chunked
@@ -352,7 +375,12 @@ def dot_product_attention(
       scale=scale, head_dim=query.shape[-1], is_causal=is_causal,
       local_window_size=local_window_size, softcap=softcap, implementation=implementation,
       block_sizes=block_sizes, dropout_rate=dropout_rate)
+  if return_weights:
+    validation.check_weights_size(query.shape[:-3], query.shape[-2], query.shape[-3],
+                                  key.shape[-3], query.dtype.itemsize)
   path = _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths, return_weights)
+  if path != "cudnn":  # cuDNN runs only without masks and lengths
+    key, value = _hide_unseen_keys(key, value, mask, lengths)
   out, weights, lse = _PATHS[path](query, key, value, bias, mask, segment_ids, lengths, spec,
                                    dropout_rng)
   extras = []
@@ -416,6 +444,15 @@ def additive_attention(query, keys, values, w_query, w_key, w_score, mask=None,
   query, keys, values = jnp.asarray(query), jnp.asarray(keys), jnp.asarray(values)
   w_query, w_score = jnp.asarray(w_query), jnp.asarray(w_score)
   _check_additive(query, keys, values, w_query, w_key, w_score, mask)
+  # Integer inputs compute in float32 (tanh and softmax of ints would be truncated to 0).
+  dtype = jnp.result_type(query, keys, values, w_query, w_score,
+                          *(() if w_key is None else (jnp.asarray(w_key),)))
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  query, keys, values, w_query, w_score = (
+      x.astype(dtype) for x in (query, keys, values, w_query, w_score))
+  if w_key is not None:
+    w_key = jnp.asarray(w_key).astype(dtype)
   projected_keys = keys if w_key is None else keys @ jnp.asarray(w_key)
   hidden = jnp.tanh((query @ w_query)[..., None, :] + projected_keys)  # [batch..., n, da]
   scores = hidden @ w_score  # [batch..., n]
@@ -436,6 +473,12 @@ def _check_additive(query, keys, values, w_query, w_key, w_score, mask) -> None:
         f"query {q_shape}")
   if k_shape[:-2] != q_shape[:-1]:
     raise ValueError(f"keys have batch axes {k_shape[:-2]} but query has {q_shape[:-1]}")
+  if k_shape[-2] == 0:
+    raise ValueError(f"keys have no positions (shape {k_shape}): additive attention needs at "
+                     f"least one; mask positions out instead of removing them")
+  for name, x in (("query", query), ("keys", keys), ("values", values)):
+    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
+      raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}")
   if values.ndim != keys.ndim or v_shape[:-1] != k_shape[:-1]:
     raise ValueError(f"values {v_shape} must be [batch..., n, dv] matching keys {k_shape}")
   if w_query.ndim != 2 or w_query.shape[0] != q_shape[-1]:

@@ -6,10 +6,14 @@ before any compute, with a message that names the argument, its shape and what w
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LAYOUT = "[batch..., length, heads, head_dim]"
 
@@ -61,6 +65,12 @@ def check_qkv(query: Any, key: Any, value: Any | None) -> None:
     raise ValueError(
         f"key has head_dim {k_shape[-1]} but query has head_dim {q_shape[-1]} "
         f"(key {k_shape}, query {q_shape})")
+  if k_shape[-3] == 0:
+    raise ValueError(f"key has length 0 (shape {k_shape}): every query needs at least one key "
+                     f"position (mask positions out instead of removing them)")
+  if q_shape[-1] == 0:
+    raise ValueError(f"query and key have head_dim 0 (query {q_shape}): the logits need at "
+                     f"least one feature")
   heads, kv_heads = q_shape[-2], k_shape[-2]
   if kv_heads == 0 or heads % kv_heads:
     raise ValueError(
@@ -84,9 +94,18 @@ def check_qkv(query: Any, key: Any, value: Any | None) -> None:
         f"value has {v_shape[-2]} heads but key has {k_shape[-2]} (value {v_shape}, key {k_shape})")
 
 
+def require_array(name: str, x: Any, what: str) -> None:
+  """Refuses Python lists, tuples, strings and other non-arrays (they would be read as arrays of
+  whatever dtype jnp guesses, or crash deep inside)."""
+  if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
+    raise TypeError(f"{name} must be {what} (a jax or numpy array), got {type(x).__name__} "
+                    f"{x!r:.60}; wrap it with jnp.asarray(...)")
+
+
 def check_lengths(name: str, lengths: Any, batch_shape: tuple[int, ...]) -> None:
   if lengths is None:
     return
+  require_array(name, lengths, f"an int array of the batch shape {batch_shape}")
   if not jnp.issubdtype(dtype_of(lengths), jnp.integer):
     raise TypeError(f"{name} must be integers, got dtype {dtype_of(lengths)}")
   if shape_of(lengths) != batch_shape:
@@ -96,6 +115,7 @@ def check_lengths(name: str, lengths: Any, batch_shape: tuple[int, ...]) -> None
 
 
 def check_segment_ids(name: str, segment_ids: Any, shape: tuple[int, ...]) -> None:
+  require_array(name, segment_ids, f"an int array of shape {shape}")
   if not jnp.issubdtype(dtype_of(segment_ids), jnp.integer):
     raise TypeError(f"{name} must be integers, got dtype {dtype_of(segment_ids)}")
   if shape_of(segment_ids) != shape:
@@ -104,19 +124,74 @@ def check_segment_ids(name: str, segment_ids: Any, shape: tuple[int, ...]) -> No
 
 
 def check_mask_and_bias(mask: Any, bias: Any, logits_shape: tuple[int, ...]) -> None:
+  """Masks and biases broadcast right-aligned, like NumPy: a 3-D mask ``[n, q_len, kv_len]`` is
+  ``[heads, q_len, kv_len]`` (one mask per head), never per batch row, even when ``n`` equals
+  the batch size; a per-row mask needs its heads axis: ``mask[:, None]``."""
   desc = "[batch..., heads, q_len, kv_len]"
-  if mask is not None:
-    require_bool("mask", mask)
-    require_broadcastable("mask", mask, logits_shape, desc)
-  if bias is not None:
-    require_floating("bias", bias)
-    require_broadcastable("bias", bias, logits_shape, desc)
+  for name, x, require in (("mask", mask, require_bool), ("bias", bias, require_floating)):
+    if x is None:
+      continue
+    require(name, x)
+    shape = shape_of(x)
+    batch_rank = len(logits_shape) - 3
+    if (len(shape) == 3 and batch_rank >= 1 and shape[0] not in (1, logits_shape[-3])
+        and shape[0] == logits_shape[0]):
+      raise ValueError(
+          f"{name} of shape {shape} does not broadcast to {desc} = {logits_shape}: a 3-D {name} "
+          f"is [heads, q_len, kv_len]; for one per batch row add the heads axis "
+          f"({name}[:, None])")
+    require_broadcastable(name, x, logits_shape, desc)
 
 
-def check_dropout(dropout_rate: float, dropout_rng: Any) -> None:
+def check_dropout(dropout_rate: Any, dropout_rng: Any) -> None:
   if isinstance(dropout_rate, jax.core.Tracer):
     raise TypeError("dropout_rate must be a Python float (static), not a traced value")
+  if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real):
+    raise TypeError(f"dropout_rate must be a float in [0, 1), got {type(dropout_rate).__name__} "
+                    f"{dropout_rate!r}")
   if not 0.0 <= float(dropout_rate) < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-  if dropout_rate > 0.0 and dropout_rng is None:
-    raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng (a PRNG key)")
+  if dropout_rate > 0.0:
+    if dropout_rng is None:
+      raise ValueError(f"dropout_rate={dropout_rate} needs a dropout_rng (a PRNG key)")
+    check_rng("dropout_rng", dropout_rng)
+
+
+def check_rng(name: str, rng: Any) -> None:
+  """A PRNG key: a typed key array of shape ``()`` (``jax.random.key``) or a raw uint32 ``[2]``
+  (``jax.random.PRNGKey``)."""
+  shape = shape_of(rng) if isinstance(rng, (jax.Array, np.ndarray)) else None
+  dtype = getattr(rng, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape == ():
+      return
+  elif dtype == jnp.uint32 and shape == (2,):
+    return
+  raise TypeError(f"{name} must be one PRNG key (jax.random.key(seed), or a uint32 [2] from "
+                  f"jax.random.PRNGKey), got {type(rng).__name__} of shape {shape} and dtype "
+                  f"{dtype}")
+
+
+def check_weights_size(batch: tuple[int, ...], heads: int, q_len: int, kv_len: int,
+                       itemsize: int) -> None:
+  """Refuses ``return_weights`` (the ``[batch..., heads, q_len, kv_len]`` array) when it would not
+  fit in the device's memory, before anything is computed."""
+  needed = math.prod(batch) * heads * q_len * kv_len * max(itemsize, 4)  # float32 softmax
+  available = device_memory_bytes()
+  if needed > available:
+    raise ValueError(
+        f"return_weights=True needs the weights [batch..., heads, q_len, kv_len] = "
+        f"{(*batch, heads, q_len, kv_len)}: {needed / 2**30:.1f} GiB, more than the "
+        f"{available / 2**30:.1f} GiB of this device; attend without weights "
+        f"(return_weights=False) or over fewer queries at a time")
+
+
+def device_memory_bytes() -> int:
+  """The memory of the default device: an accelerator's ``bytes_limit``, else the host's RAM."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  # some backends do not implement it
+    stats = {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
