@@ -5,10 +5,11 @@ r"""Packed against padded batches: real data per second, padding, final loss and
 
 Trains the character LM of ``experiments/transformer_lm`` (default model) on whole documents (text
 between blank lines, cut to the context) twice per seed: ``padded``, one document per row, and
-``packed``, several documents per row kept apart by segment ids (grain's first-fit packing). The
-padded run takes ``--steps`` steps; the packed run takes the steps that hold the same number of
-real (non-padding) positions, so both see the same amount of text and should end at the same
-validation loss (evaluated on the same padded validation documents), the packed one sooner.
+``packed``, several documents per row kept apart by segment ids (grain's first-fit packing). Both
+take ``--steps`` steps with the same number of real (non-padding) positions per step: the packed
+batch has fewer rows. So both see the same text in the same number of updates and should end at
+the same validation loss (evaluated on the same padded validation documents), the packed one
+sooner.
 
 Then the Transformer of ``experiments/transformer_seq2seq`` (``--seq2seq_preset``, without the
 RNN) on padded pairs and on packed rows holding about as many pairs per step: equal steps, equal
@@ -67,6 +68,7 @@ class LMDocuments:
 def lm_run(documents: LMDocuments, mode: str, batches, seed: int, steps: int, context: int,
            workdir: str) -> dict:
   config = lm_config_for(mode, seed, steps, context)
+  config.batch_size = batches.batch_size
   model = lm.make_model(config, documents.tokenizer.vocab_size)
   start = time.perf_counter()
   state = lm.train_model(config, workdir, model, batches, documents.val_batches)
@@ -79,7 +81,7 @@ def lm_run(documents: LMDocuments, mode: str, batches, seed: int, steps: int, co
   eval_step = training.make_eval_step(lambda p, b: lm.metric_sums(model, p, b))
   val = training.evaluate(eval_step, state, documents.val_batches)
   real_per_step = config.batch_size * context * (1 - padding)
-  return {"mode": mode, "seed": seed, "steps": steps,
+  return {"mode": mode, "seed": seed, "steps": steps, "rows_per_step": batches.batch_size,
           "padding_fraction": round(padding, 4), "steps_per_sec": round(steps_per_sec, 2),
           "real_tokens_per_sec": round(steps_per_sec * real_per_step, 1),
           "real_tokens": int(round(steps * real_per_step)),
@@ -138,7 +140,7 @@ def seq2seq_table(rows: list[dict], padded_padding: tuple[float, float]) -> str:
 
 
 def summarise(rows: list[dict]) -> str:
-  lines = ["| batching | padding | steps | real tokens/s | validation loss | training s |",
+  lines = ["| batching | rows per step | padding | real tokens/s | validation loss | training s |",
            "|---|---|---|---|---|---|"]
   for mode in ("padded", "packed"):
     runs = [r for r in rows if r["mode"] == mode]
@@ -146,7 +148,7 @@ def summarise(rows: list[dict]) -> str:
     def stat(key, digits, runs=runs):
       values = np.array([r[key] for r in runs], np.float64)
       return f"{values.mean():.{digits}f} +- {values.std():.{digits}f}"
-    lines.append(f"| {mode} | {stat('padding_fraction', 3)} | {runs[0]['steps']} | "
+    lines.append(f"| {mode} | {runs[0]['rows_per_step']} | {stat('padding_fraction', 3)} | "
                  f"{stat('real_tokens_per_sec', 0)} | {stat('validation_loss', 3)} | "
                  f"{stat('train_wall_s', 1)} |")
   return "\n".join(lines)
@@ -170,20 +172,21 @@ def main():
       batch_size = lm_config_for("padded", 0, 100, args.context).batch_size
       lm_rows = []
       for seed in range(args.seeds):
-        runs = {mode: lm.document_batches(documents.docs, mode, batch_size, args.context, seed)
-                for mode in ("padded", "packed")}
-        # Equal real positions: the packed run needs fewer steps by the ratio of real fractions.
-        steps = {"padded": args.steps,
-                 "packed": int(round(args.steps * (1 - runs["padded"].padding_fraction())
-                                     / (1 - runs["packed"].padding_fraction())))}
-        for mode, batches in runs.items():
+        padded = lm.document_batches(documents.docs, "padded", batch_size, args.context, seed)
+        packed = lm.document_batches(documents.docs, "packed", batch_size, args.context, seed)
+        # Equal steps and equal real positions per step: the packed batch has fewer rows.
+        packed_rows = round(batch_size * (1 - padded.padding_fraction())
+                            / (1 - packed.padding_fraction()))
+        packed = data.packing.RowBatches(packed.rows, packed_rows, seed)
+        for mode, batches in (("padded", padded), ("packed", packed)):
           load = os.getloadavg()[0]
-          row = lm_run(documents, mode, batches, seed, steps[mode], args.context,
+          row = lm_run(documents, mode, batches, seed, args.steps, args.context,
                        os.path.join(tmp, f"lm_{mode}{seed}"))
           lm_rows.append({"experiment": "lm", **row, "load average before": round(load, 2)})
           print(json.dumps(lm_rows[-1]), flush=True)
       rows += lm_rows
-      tables.append(f"LM, context {args.context}, equal real tokens:\n" + summarise(lm_rows))
+      tables.append(f"LM, context {args.context}, {args.steps} steps, equal real tokens per step:"
+                    f"\n" + summarise(lm_rows))
     if "seq2seq" in experiments:
       s2s_rows = []
       for seed in range(args.seeds):
