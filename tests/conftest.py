@@ -1,8 +1,18 @@
-"""Fixtures shared by the test folders."""
+"""Fixtures shared by the test folders, and the XLA settings of the test run."""
 
-import matplotlib.image
-import numpy as np
-import pytest
+import os
+
+# The tests' programs are tiny: XLA's CPU backend spends most of each test compiling them, and
+# its LLVM optimisations cost more than they save at these sizes (-O0 halved the CPU time of
+# tests/ops/test_ops_bad_inputs.py: 61 s -> 29 s). Set before jax is imported anywhere, and
+# inherited by the tests' subprocesses; experiments and benchmarks keep XLA's defaults.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_backend_optimization_level=0").strip()
+
+import matplotlib.image  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def check_png(path, min_width: int = 200, min_height: int = 150) -> np.ndarray:
