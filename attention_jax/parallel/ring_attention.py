@@ -33,6 +33,8 @@ from attention_jax.ops import spec as spec_lib
 from attention_jax.parallel.mesh import BATCH_AXES
 
 Array = jax.Array
+_LOWEST = float(jnp.finfo(jnp.float32).min)
+_HIGHEST = float(jnp.finfo(jnp.float32).max)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,10 +134,11 @@ def _forward(cfg: _Ring, q, k, v, q_seg, kv_seg):
   def update(carry, k_blk, v_blk, kv_seg_blk, src, cut):
     m, l, acc = carry
     s, _ = _logits(cfg, q, k_blk, q_seg, kv_seg_blk, src, idx, cut)
+    # Rows with nothing visible yet keep the lowest float32 as their max, so exp(-inf - max) is
+    # still 0 and no inf ever leaves the function (jax.debug_infs).
     m_new = jnp.maximum(m, s.max(-1))
-    m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # rows with nothing visible yet
-    p = jnp.exp(s - m_safe[..., None])
-    correction = jnp.exp(m - m_safe)
+    p = jnp.exp(s - m_new[..., None])
+    correction = jnp.exp(m - m_new)
     l = l * correction + p.sum(-1)
     pv = jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(v_blk.dtype), v_blk,
                     preferred_element_type=jnp.float32)
@@ -146,7 +149,7 @@ def _forward(cfg: _Ring, q, k, v, q_seg, kv_seg):
                   lambda cut: update(carry, k_blk, v_blk, kv_seg_blk, src, cut),
                   lambda: carry)
 
-  carry = (jnp.full((b, hk, g, lq), -jnp.inf, jnp.float32),
+  carry = (jnp.full((b, hk, g, lq), _LOWEST, jnp.float32),
            jnp.zeros((b, hk, g, lq), jnp.float32),
            jnp.zeros((b, hk, g, lq, dv), jnp.float32))
   carry = block(carry, k, v, kv_seg, idx)
@@ -163,7 +166,8 @@ def _forward(cfg: _Ring, q, k, v, q_seg, kv_seg):
   m, l, acc = carry
   seen = l > 0
   out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
-  lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
+  # A row that saw nothing gets the highest float32: exp(logit - lse) is 0 in the backward pass.
+  lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), _HIGHEST)
   return jnp.moveaxis(out, 3, 1).astype(q.dtype), lse  # [b, lq, hk, g, dv]
 
 

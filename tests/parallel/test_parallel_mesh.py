@@ -176,3 +176,23 @@ def test_config_flags_define_the_distributed_flags():
                "--coordinator_address=host:9"])
   assert (flag_values.num_processes, flag_values.process_id,
           flag_values.coordinator_address) == (2, 1, "host:9")
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_ring_attention_never_makes_an_inf_for_rows_that_see_nothing(jit):
+  """Queries of segment 2 have no key of their segment: zeros, zero gradients, and no inf
+  anywhere, so jax.debug_infs(True) stays usable (it re-runs op by op on any inf output)."""
+  mesh = parallel.single_device_mesh()
+  q = jax.random.normal(jax.random.key(0), (1, 4, 2, 4))
+  q_seg, kv_seg = jnp.array([[1, 1, 2, 2]]), jnp.array([[1, 1, 3, 3]])
+
+  def loss(q):
+    out = parallel.ring_attention(q, q, q, query_segment_ids=q_seg, key_value_segment_ids=kv_seg,
+                                  mesh=mesh)
+    return jnp.sum(out ** 2), out
+
+  fn = jax.value_and_grad(loss, has_aux=True)
+  with jax.debug_infs(True), jax.debug_nans(True):
+    (_, out), grad = (jax.jit(fn) if jit else fn)(q)
+  assert float(jnp.abs(out[:, 2:]).max()) == 0.0 and float(jnp.abs(out[:, :2]).max()) > 0.1
+  assert bool(jnp.isfinite(grad).all())
