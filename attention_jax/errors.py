@@ -13,3 +13,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config field, flag or path that cannot work, found before anything is prepared."""
+
+
+class DamagedFileError(UserError, ValueError):
+  """A file of a run or a dataset that cannot be read back: the message names it and the fix."""

@@ -17,6 +17,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from attention_jax.errors import DamagedFileError
+
 PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
@@ -115,9 +117,17 @@ class CharTokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "CharTokenizer":
-    """Reads a vocabulary written by ``save``."""
-    with open(path, encoding="utf-8") as f:
-      payload = json.load(f)
+    """Reads a vocabulary written by ``save``; a damaged file is a :class:`DamagedFileError`
+    naming it (the ids of a workdir's checkpoints depend on it, so it is never rebuilt
+    silently)."""
+    try:
+      with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise DamagedFileError(
+          f"{os.fspath(path)!r} is damaged ({type(e).__name__}: {e}); it holds the vocabulary "
+          f"the run's checkpoints were trained with: restore it, or start in a new workdir"
+      ) from None
     if payload.get("format") != _FORMAT or payload.get("version") != 1:
       raise ValueError(f"{os.fspath(path)!r} is not a CharTokenizer vocabulary (version 1)")
     reserved = {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID, "unk": UNK_ID}

@@ -91,3 +91,15 @@ def test_every_file_a_run_writes_is_0644_under_umask_022(tmp_path, umask_022):
     assert modes.pop(name) == 0o644, name
   assert modes and all(mode == 0o644 for mode in modes.values()), modes  # checkpoints, events
   assert json.loads((tmp_path / "final_eval.json").read_text())["step"] == 4
+
+
+def test_a_damaged_tokenizer_file_is_named_with_the_fix(tmp_path):
+  from attention_jax.errors import DamagedFileError, UserError  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "tokenizer.json"
+  data.CharTokenizer("abc").save(str(path))
+  assert data.CharTokenizer.load(str(path)) == data.CharTokenizer("abc")
+  path.write_bytes(path.read_bytes()[:-7])  # torn, as an interrupted non-atomic write left it
+  with pytest.raises(DamagedFileError, match=r"tokenizer.json' is damaged \(JSONDecodeError: .*"
+                                             r"restore it, or start in a new workdir"):
+    data.CharTokenizer.load(str(path))
+  assert issubclass(DamagedFileError, UserError)  # one line from an experiment's __main__
