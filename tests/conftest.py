@@ -33,3 +33,13 @@ def check_png(path, min_width: int = 200, min_height: int = 150) -> np.ndarray:
 @pytest.fixture(name="check_png")
 def check_png_fixture():
   return check_png
+
+
+@pytest.fixture
+def umask_022():
+  """The common umask while the test runs, so file modes are what most users get."""
+  old = os.umask(0o022)
+  try:
+    yield
+  finally:
+    os.umask(old)

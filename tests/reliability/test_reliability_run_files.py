@@ -61,15 +61,6 @@ def test_the_first_log_line_after_a_resume_covers_the_same_steps(tmp_path, crash
   assert log == runs.exact_log(tmp_path / "reference")
 
 
-@pytest.fixture
-def umask_022():
-  old = os.umask(0o022)
-  try:
-    yield
-  finally:
-    os.umask(old)
-
-
 def _modes(directory):
   return {os.path.relpath(os.path.join(root, name), directory):
           stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode)

@@ -10,15 +10,6 @@ import pytest
 from attention_jax import training
 
 
-@pytest.fixture
-def umask_022():
-  old = os.umask(0o022)
-  try:
-    yield
-  finally:
-    os.umask(old)
-
-
 def _mode(path):
   return stat.S_IMODE(os.stat(path).st_mode)
 
