@@ -5,7 +5,8 @@ Times the forward pass and forward+backward (gradient of a sum w.r.t. q, k, v) o
 ``flax.linen.dot_product_attention`` and, when installed, PyTorch's ``scaled_dot_product_attention``
 on the same inputs. Prints a table of median milliseconds and the ratios ours / peer (below 1 means
 we are faster). The implementations take turns call by call, and each row ends with the 1-minute
-load average: machines are noisy, so compare ratios from one run, not absolute times across runs.
+load average before and after it: a row begun above half the core count (1.0 on 2 cores) prints
+"load too high" instead of its ratios unless ``--allow-load`` (``benchmarks/load.py``).
 
 "ours" is the default path (``implementation=None``); "flash" and "reference" are our explicit
 implementations, timed beside it.
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import ops
+from benchmarks import load
 
 try:
   import torch
@@ -104,10 +106,12 @@ def peers(causal, length):
   }
 
 
-def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None):
+def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None, guard=None):
   rows = []
+  guard = guard or load.Guard(allow=False)
   for causal in causal_options:
     for length in lengths:
+      guard.start()
       rng = np.random.default_rng(0)
       q, k, v = (jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
                  for _ in range(3))
@@ -123,13 +127,14 @@ def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None):
       for kind in ("fwd", "fwd+bwd"):
         row.update(interleaved_medians(
             {name: fn for name, fn in timers.items() if name.endswith(" " + kind)}, repeats))
-      row["load average"] = os.getloadavg()[0]
+      row["load average before"] = guard.before
+      row["load average"] = load.now()
       rows.append(row)
-      print_row(row)
+      print_row(row, guard)
   return rows
 
 
-def print_row(row):
+def print_row(row, guard):
   cells = [f"L={row['length']:<5d} {'causal' if row['causal'] else 'full  '}"]
   for kind in ("fwd", "fwd+bwd"):
     ours = row[f"ours {kind}"]
@@ -137,15 +142,16 @@ def print_row(row):
     for peer in ("flash", "reference", "jax.nn", "flax.linen", "torch"):
       if f"{peer} {kind}" in row:
         theirs = row[f"{peer} {kind}"]
-        parts.append(f"{peer} {theirs:8.2f} ({ours / theirs:4.2f}x)")
+        parts.append(f"{peer} {theirs:8.2f} ({guard.ratio(ours, theirs, '{:4.2f}x')})")
     cells.append("  ".join(parts))
-  print(" | ".join(cells) + f" | load {row['load average']:.1f}", flush=True)
+  print(" | ".join(cells) + f" | {guard.describe()}", flush=True)
 
 
-def run_causal_speedup(lengths, batch, heads, head_dim, repeats):
+def run_causal_speedup(lengths, batch, heads, head_dim, repeats, guard):
   """Our default path, full and causal interleaved in one run: how much the skipped blocks save."""
   rows = []
   for length in lengths:
+    guard.start()
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
                for _ in range(3))
@@ -160,10 +166,12 @@ def run_causal_speedup(lengths, batch, heads, head_dim, repeats):
       row.update(interleaved_medians(
           {name: fn for name, fn in timers.items() if name.endswith(" " + kind)}, repeats))
       row[f"speed-up {kind}"] = row[f"full {kind}"] / row[f"causal {kind}"]
-    row["load average"] = os.getloadavg()[0]
+    row["load average before"] = guard.before
+    row["load average"] = load.now()
     print(f"L={length:<6d} " + "  ".join(f"{name} {row[name]:9.1f} ms" for name in timers)
-          + f"  | causal faster by {row['speed-up fwd']:.2f}x fwd, "
-          f"{row['speed-up fwd+bwd']:.2f}x fwd+bwd | load {row['load average']:.1f}", flush=True)
+          + f"  | causal faster by {guard.ratio(row['full fwd'], row['causal fwd'])} fwd, "
+          f"{guard.ratio(row['full fwd+bwd'], row['causal fwd+bwd'])} fwd+bwd | "
+          f"{guard.describe()}", flush=True)
     rows.append(row)
   return rows
 
@@ -233,7 +241,9 @@ def main():
   parser.add_argument("--causal-speedup", action="store_true",
                       help="time our default path full vs causal, interleaved, instead")
   parser.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
+  load.add_flag(parser)
   args = parser.parse_args()
+  guard = load.Guard(args.allow_load)
   if args.memory_child:
     memory_child(int(args.memory_child[0]), args.memory_child[1])
     return
@@ -246,7 +256,8 @@ def main():
   if args.causal_speedup:
     print(f"ours (default path), full vs causal interleaved; batch {args.batch}, {args.heads} "
           f"heads, head_dim {args.head_dim}, fp32; median of {args.repeats}")
-    rows = run_causal_speedup(args.lengths, args.batch, args.heads, args.head_dim, args.repeats)
+    rows = run_causal_speedup(args.lengths, args.batch, args.heads, args.head_dim, args.repeats,
+                              guard)
     if args.out:
       with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)
@@ -257,7 +268,7 @@ def main():
         f"{args.heads} heads, head_dim {args.head_dim}, fp32; median of {args.repeats}; "
         f"(ratio = ours / peer, below 1 = ours faster)")
   rows = run(args.lengths, causal_options, args.batch, args.heads, args.head_dim, args.repeats,
-             set(args.peers) | {"ours"} if args.peers else None)
+             set(args.peers) | {"ours"} if args.peers else None, guard)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=2)

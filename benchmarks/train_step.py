@@ -1,7 +1,7 @@
 r"""One training step of the char-level Transformer LM: ours (JAX/Flax/Optax) against an equal
 PyTorch model, tokens per second side by side, measured in one run.
 
-The JAX side is the experiment's own model and step: ``experiments.transformer_lm.make_model``,
+The JAX side is the experiment's own model and step: ``experiments.transformer_lm.train.make_model``,
 ``training.make_optimizer`` (global-norm clipping + AdamW with the warmup-cosine schedule) and
 ``training.make_train_step`` (which also computes the metric sums and gradient norm the training
 loop logs). The PyTorch side rebuilds the same network layer for layer (pre-norm GPT blocks, learned
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import time
 
@@ -33,7 +32,8 @@ import numpy as np
 
 from attention_jax import training
 from attention_jax.models import transformer
-from experiments import transformer_lm
+from benchmarks import load
+from experiments.transformer_lm import train as transformer_lm
 from experiments.transformer_lm import config as lm_configs
 
 try:
@@ -164,6 +164,7 @@ def main():
   parser.add_argument("--torch-threads", type=int, default=None,
                       help="torch.set_num_threads (default: PyTorch's own choice, one per core)")
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
+  load.add_flag(parser)
   args = parser.parse_args()
 
   if torch is not None and args.torch_threads:
@@ -194,6 +195,8 @@ def main():
     for _ in range(3):
       step(batches[name])
   rates = {name: [] for name in sides}
+  guard = load.Guard(args.allow_load)
+  guard.start()
   for _ in range(args.rounds):
     for name, (step, _) in sides.items():
       start = time.perf_counter()
@@ -202,16 +205,17 @@ def main():
       rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - start))
   result = {"preset": args.preset, "tokens_per_step": tokens_per_step, "parameters": counts,
             "torch_threads": torch.get_num_threads() if torch else None,
-            "load_average": os.getloadavg()[0],
+            "load_average_before": guard.before, "load_average": load.now(),
             **{f"{name} tokens/s": statistics.median(r) for name, r in rates.items()},
             "rounds": rates}
   line = "  ".join(f"{name} {statistics.median(r):9.0f} tokens/s" for name, r in rates.items())
   if "torch" in rates:
     result["ratio ours/torch"] = statistics.median(rates["ours"]) / statistics.median(
         rates["torch"])
-    line += f"  ratio ours/torch {result['ratio ours/torch']:.2f}"
-  print(f"{line}   (median of {args.rounds} rounds x {args.steps} steps; load average "
-        f"{result['load_average']:.1f})")
+    ratio = guard.ratio(statistics.median(rates["ours"]), statistics.median(rates["torch"]),
+                        "{:.2f}")
+    line += f"  ratio ours/torch {ratio}"
+  print(f"{line}   (median of {args.rounds} rounds x {args.steps} steps; {guard.describe()})")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=2)

@@ -1,0 +1,35 @@
+"""The benchmark scripts run (tiny sizes; their timings are not checked) and refuse to print a
+ratio measured on a busy machine."""
+
+import sys
+
+import pytest
+
+from benchmarks import attention
+from benchmarks import load
+from benchmarks import train_step
+
+
+def test_a_ratio_from_a_busy_machine_is_not_printed(monkeypatch):
+  monkeypatch.setattr(load.os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(load.os, "getloadavg", lambda: (1.7, 1.0, 1.0))
+  guard = load.Guard(allow=False)
+  guard.start()
+  assert guard.ratio(3.0, 2.0) == "load too high"
+  assert load.Guard(allow=True).ratio(3.0, 2.0) == "1.50x"
+  monkeypatch.setattr(load.os, "getloadavg", lambda: (0.6, 1.0, 1.0))
+  guard.start()
+  assert guard.ratio(3.0, 2.0) == "1.50x"
+  assert guard.describe() == "load average 0.60 before, 0.60 after"
+
+
+@pytest.mark.parametrize("module,argv,expect", [
+    (attention, ["--lengths", "32", "--repeats", "1", "--peers", "jax.nn", "--causal", "yes",
+                 "--batch", "1", "--heads", "2", "--head-dim", "8"], "L=32"),
+    (train_step, ["--preset", "tiny", "--rounds", "1", "--steps", "1"], "tokens/s"),
+])
+def test_the_benchmark_scripts_run(module, argv, expect, monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", [module.__name__] + argv)
+  module.main()
+  out = capsys.readouterr().out
+  assert expect in out and "load average" in out
