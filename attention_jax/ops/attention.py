@@ -16,12 +16,14 @@ makes an inf (``jax.debug_infs(True)`` stays usable).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from attention_jax.ops import accelerators
 from attention_jax.ops import blockwise
 from attention_jax.ops import masks as masks_lib
 from attention_jax.ops import spec as spec_lib
@@ -215,12 +217,12 @@ def _flash(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionS
 
 
 def _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths,
-                    spec: AttentionSpec) -> bool:
+                    spec: AttentionSpec, platform: str | None = None) -> bool:
   """Whether ``jax.nn.dot_product_attention(implementation="cudnn")`` computes exactly our
-  semantics. Conservative: no bias/mask/lengths/segments/window/soft-cap (cuDNN's fully-masked
-  rows are not guaranteed to be zero), causal only when top-left and bottom-right alignment
-  coincide."""
-  if jax.default_backend() != "gpu":
+  semantics on ``platform`` (``"cuda"``; default: the default backend). Conservative: no
+  bias/mask/lengths/segments/window/soft-cap (cuDNN's fully-masked rows are not guaranteed to be
+  zero), causal only when top-left and bottom-right alignment coincide."""
+  if (platform or jax.default_backend()) not in ("gpu", "cuda"):
     return False
   q_len, kv_len = query.shape[-3], key.shape[-3]
   head_dim = query.shape[-1]
@@ -233,11 +235,21 @@ def _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths,
           and (not spec.is_causal or q_len == kv_len))
 
 
+def _cudnn_traceable() -> bool:
+  """Whether jax.nn's cuDNN path can be traced here: it asks the installed cuDNN for its version
+  while tracing, so without one (a CPU-only host) no cuda lowering can contain it."""
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo
+  except ImportError:
+    return False
+  return getattr(fused_attention_stablehlo, "cuda_versions", None) is not None
+
+
 def _cudnn(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
-           dropout_rng=None):
+           dropout_rng=None, platform: str | None = None):
   """cuDNN's fused kernel through ``jax.nn`` (GPU, fp16/bf16, no mask/bias/lengths/dropout)."""
   del dropout_rng
-  if not _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec):
+  if not _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec, platform):
     raise ValueError(
         "implementation='cudnn' needs a GPU, 4-D fp16/bf16 inputs with v_dim == head_dim <= 128, "
         "and no bias, mask, lengths, segments, window, soft-cap or dropout (causal only with "
@@ -248,10 +260,28 @@ def _cudnn(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionS
   return out, None, jnp.swapaxes(lse.astype(jnp.float32), -1, -2)
 
 
-_PATHS: dict[str, Callable[..., tuple[Array, Array | None, Array]]] = {
+def _splash(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+            dropout_rng=None):
+  """TPU splash attention (:mod:`attention_jax.ops.accelerators`); elsewhere the same kernel in
+  Pallas interpret mode (slow: for tests). No log-sum-exp (``None``)."""
+  del dropout_rng
+  if not accelerators.splash_supports(query, key, value, bias, mask, segment_ids, lengths, spec):
+    raise ValueError(
+        "implementation='splash' needs float32/bfloat16 inputs with v_dim == head_dim, q_len and "
+        "kv_len multiples of 128, and no bias, mask, lengths or dropout (and no return_residual); "
+        "use implementation=None to pick a supported path")
+  run = lambda interpret: lambda q, k, v, s: accelerators.splash_attention(
+      q, k, v, spec=spec, segment_ids=s, interpret=interpret)
+  out = jax.lax.platform_dependent(query, key, value, segment_ids, tpu=run(False),
+                                   default=run(True))
+  return out, None, None
+
+
+_PATHS: dict[str, Callable[..., tuple[Array, Array | None, Array | None]]] = {
     "reference": _reference,
     "flash": _flash,
     "cudnn": _cudnn,
+    "splash": _splash,
 }
 assert set(_PATHS) == set(IMPLEMENTATIONS)
 # Measured on a 2-core CPU (benchmarks/attention.py, batch 4 x 8 heads): the blockwise path is
@@ -264,13 +294,20 @@ _FLASH_MIN_LOGIT_BYTES = 256 * 2**20
 
 
 def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids, lengths,
-                 return_weights: bool) -> str:
+                 return_weights: bool, return_residual: bool = False,
+                 platform: str | None = None) -> str:
+  """The path for ``platform`` (a lowering platform: ``"cpu"``, ``"cuda"``, ``"tpu"``, ...;
+  ``None``: the default backend)."""
   implementation = spec.implementation
   if implementation is None:
     if return_weights or spec.dropout_rate > 0.0:
       return "reference"
-    if _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec):
+    if _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec, platform):
       return "cudnn"
+    if ((platform or jax.default_backend()) == "tpu" and not return_residual
+        and accelerators.splash_supports(query, key, value, bias, mask, segment_ids, lengths,
+                                         spec)):
+      return "splash"
     logits_per_head = query.shape[-3] * key.shape[-3]
     logit_bytes = math.prod(query.shape[:-3]) * query.shape[-2] * logits_per_head * 4
     if (logits_per_head >= _FLASH_MIN_LOGITS
@@ -282,6 +319,9 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
     raise ValueError(
         f"implementation={implementation!r} cannot return the attention weights; use "
         f"implementation='reference' or None with return_weights=True")
+  if return_residual and implementation == "splash":
+    raise ValueError("implementation='splash' cannot return the residual (splash's log-sum-exp "
+                     "has no gradient); use implementation=None or 'flash'")
   return implementation
 
 
@@ -336,14 +376,18 @@ def dot_product_attention(
       keys ``i' - left <= j <= i' + right`` with ``i' = i + kv_len - q_len`` (sliding-window
       attention, Mistral / Gemma 2; with ``is_causal`` only the left bound matters).
     implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
-      where it applies, else ``"flash"`` from ``q_len * kv_len >= 1024**2`` (``256**2`` if causal
-      or windowed) or where the reference's ``[L, L]`` arrays get large (over 256 MiB of logits),
+      where it applies (GPU), ``"splash"`` where it applies (TPU; also when lowering for TPU
+      from a CPU host, e.g. ``jax.export(platforms=["tpu"])``), else ``"flash"`` from
+      ``q_len * kv_len >= 1024**2`` (``256**2`` if causal or windowed) or where the reference's
+      ``[L, L]`` arrays get large (over 256 MiB of logits),
       otherwise ``"reference"`` (also whenever weights or dropout are requested).
       ``"reference"`` (jax.nn's ``"xla"`` is the same) materialises the weights; ``"flash"`` is
       blockwise with an online softmax and linear memory, skipping the blocks the causal limit or
       the window hide (no dropout, no weights); ``"cudnn"`` is ``jax.nn``'s fused GPU kernel
-      (fp16/bf16, no mask/bias/lengths/segments/window). All paths are tested against
-      ``"reference"`` and a float64 NumPy version.
+      (fp16/bf16, no mask/bias/lengths/segments/window); ``"splash"`` is JAX's Pallas TPU splash
+      attention (float32/bf16, lengths multiples of 128, causal/window/segments/soft-cap/GQA, no
+      mask/bias/lengths/dropout/residual; off TPU it runs in Pallas interpret mode, slowly, for
+      tests). All paths are tested against ``"reference"`` and a float64 NumPy version.
     return_residual: also return the log-sum-exp of each query's logits ``[batch..., q_len,
       heads]`` (jax.nn's layout; float32, without gradient; ``EMPTY_ROW_LSE`` for a query that
       sees no key), which is what combining attention over chunks of keys needs.
@@ -378,11 +422,35 @@ def dot_product_attention(
   if return_weights:
     validation.check_weights_size(query.shape[:-3], query.shape[-2], query.shape[-3],
                                   key.shape[-3], query.dtype.itemsize)
-  path = _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths, return_weights)
-  if path != "cudnn":  # cuDNN runs only without masks and lengths
-    key, value = _hide_unseen_keys(key, value, mask, lengths)
-  out, weights, lse = _PATHS[path](query, key, value, bias, mask, segment_ids, lengths, spec,
-                                   dropout_rng)
+  path = _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths, return_weights,
+                      return_residual)
+
+  def run(path, query, key, value, bias, mask, segment_ids, lengths, dropout_rng):
+    if path not in ("cudnn", "splash"):  # the fused kernels run only without masks and lengths
+      key, value = _hide_unseen_keys(key, value, mask, lengths)
+    run_path = functools.partial(_cudnn, platform="cuda") if path == "cudnn" else _PATHS[path]
+    out, weights, lse = run_path(query, key, value, bias, mask, segment_ids, lengths, spec,
+                                 dropout_rng)
+    # Only what was asked for, so that every platform's branch returns the same structure.
+    return out, weights if return_weights else None, lse if return_residual else None
+
+  args = (query, key, value, bias, mask, segment_ids, lengths, dropout_rng)
+  per_platform = {}
+  if spec.implementation is None and jax.default_backend() == "cpu":
+    # Lowered for an accelerator (jax.export, AOT): the fused kernel of that platform where it
+    # supports the call. The CPU branch is the path chosen above; the others are traced but only
+    # the lowering platform's branch reaches the compiler.
+    per_platform = {
+        platform: other for platform in (("cuda", "tpu") if _cudnn_traceable() else ("tpu",))
+        if (other := _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths,
+                                  return_weights, return_residual, platform)) != path}
+  if per_platform:
+    branches = {platform: functools.partial(run, other)
+                for platform, other in per_platform.items()}
+    out, weights, lse = jax.lax.platform_dependent(*args, default=functools.partial(run, path),
+                                                   **branches)
+  else:
+    out, weights, lse = run(path, *args)
   extras = []
   if return_weights:
     extras.append(weights.astype(query.dtype))

@@ -1,0 +1,140 @@
+"""Fused accelerator kernels behind :func:`attention_jax.ops.dot_product_attention`.
+
+TPU: JAX's Pallas splash attention (``jax.experimental.pallas.ops.tpu.splash_attention``), a
+block-sparse flash kernel lowered through Mosaic (a ``tpu_custom_call`` in the lowered program).
+The causal limit and the sliding window are a static splash mask (bottom-right aligned as ours:
+the mask's offset is ``kv_len - q_len``), packed sequences are splash's segment ids and GQA/MQA
+its grouped heads; soft-capping is the kernel's ``attn_logits_soft_cap``. Without hardware the
+same kernel runs in Pallas interpret mode (``interpret=True``), which is how it is tested.
+
+Splash gives a query that sees no key the mean of the values (as ``jax.nn`` does); ours is zero
+output and zero gradients, so such rows are zeroed after the kernel.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax.ops import spec as spec_lib
+from attention_jax.ops.spec import AttentionSpec
+
+Array = jax.Array
+# Splash tiles the sequence in multiples of the 128 TPU lanes.
+_SPLASH_LANES = 128
+_SPLASH_DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def splash_supports(query, key, value, bias, mask, segment_ids, lengths,
+                    spec: AttentionSpec) -> bool:
+  """Whether :func:`splash_attention` computes exactly our semantics for these arguments: no
+  bias, dense mask, lengths or dropout; float32/bfloat16; ``v_dim == head_dim``; both lengths
+  multiples of 128."""
+  del segment_ids  # any segment ids are supported
+  q_len, kv_len = query.shape[-3], key.shape[-3]
+  return (query.dtype in _SPLASH_DTYPES and key.dtype == query.dtype
+          and value.dtype == query.dtype and value.shape[-1] == query.shape[-1]
+          and q_len % _SPLASH_LANES == 0 and kv_len % _SPLASH_LANES == 0
+          and bias is None and mask is None and all(x is None for x in lengths)
+          and spec.dropout_rate == 0.0)
+
+
+def _splash_module():
+  # Imported on first use: only calls that may take splash load Pallas.
+  from jax.experimental.pallas.ops.tpu import splash_attention
+  return splash_attention
+
+
+def _block(length: int) -> int:
+  return next(b for b in (512, 256, 128) if length % b == 0)
+
+
+def _kernel(band, q_len: int, kv_len: int, heads: int, softcap, interpret: bool):
+  """A splash kernel for one static mask. Built per trace, not cached: it holds the block map as
+  arrays, which must not outlive one trace (a second export then fails); splash caches the NumPy
+  work of the block map itself."""
+  splash = _splash_module()
+  shape = (q_len, kv_len)
+  offset = kv_len - q_len
+  left, right = band
+  if band == (None, None):
+    head_mask = splash.FullMask(shape)
+  elif left is None and right == 0:
+    head_mask = splash.CausalMask(shape, offset=offset)
+  else:
+    head_mask = splash.LocalMask(shape, window_size=(left, right), offset=offset)
+  bq, bkv = _block(q_len), _block(kv_len)
+  block_sizes = splash.BlockSizes(
+      block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq, block_kv_dkv=bkv,
+      block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+  return splash.make_splash_mha(
+      splash.MultiHeadMask([head_mask] * heads), block_sizes=block_sizes, head_shards=1,
+      q_seq_shards=1, attn_logits_soft_cap=softcap, interpret=interpret)
+
+
+def _band_rows_seen(spec: AttentionSpec, q_len: int, kv_len: int) -> np.ndarray | None:
+  """bool ``[q_len]``: the rows the causal limit / window leave some key (``None``: all)."""
+  left, right = spec.band
+  rows = np.arange(q_len) + (kv_len - q_len)
+  first = np.zeros(q_len, np.int64) if left is None else np.maximum(rows - left, 0)
+  last = np.full(q_len, kv_len - 1) if right is None else np.minimum(rows + right, kv_len - 1)
+  seen = first <= last
+  return None if seen.all() else seen
+
+
+def _rows_seen(spec: AttentionSpec, segment_ids, q_len: int, kv_len: int):
+  """bool broadcastable to ``[batch..., q_len]``: the queries that see at least one key, or
+  ``None`` when every query provably does."""
+  band_seen = _band_rows_seen(spec, q_len, kv_len)
+  if segment_ids is None:
+    return None if band_seen is None else jnp.asarray(band_seen)
+  q_seg, kv_seg = segment_ids
+  if q_seg is kv_seg and band_seen is None and q_len == kv_len:
+    return None  # self-attention: each query sees at least itself (the band holds the diagonal)
+  # One fused compare-and-reduce: no [q_len, kv_len] array is kept.
+  same = q_seg[..., :, None] == kv_seg[..., None, :]
+  band = spec_lib.position_mask(spec, q_len, kv_len)
+  if band is not None:
+    same = same & band
+  return jnp.any(same, axis=-1)
+
+
+def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None,
+                     interpret: bool = False) -> Array:
+  """Our attention through splash attention (see :func:`splash_supports` for what it takes).
+
+  Args:
+    query: ``[batch..., q_len, heads, head_dim]``, float32 or bfloat16; ``q_len % 128 == 0``.
+    key: ``[batch..., kv_len, kv_heads, head_dim]`` with ``heads % kv_heads == 0``;
+      ``kv_len % 128 == 0``.
+    value: ``[batch..., kv_len, kv_heads, head_dim]``.
+    spec: scale, causal limit, window and soft-cap (:class:`attention_jax.ops.spec.AttentionSpec`).
+    segment_ids: ``(query_segment_ids [batch..., q_len], key_value_segment_ids [batch...,
+      kv_len])`` int, or ``None``.
+    interpret: run the kernel in Pallas interpret mode (any platform; slow, for tests).
+
+  Returns:
+    ``[batch..., q_len, heads, head_dim]`` in the input dtype; a query that sees no key gets zeros
+    (and zero gradients).
+  """
+  *batch, q_len, heads, head_dim = query.shape
+  kv_len = key.shape[-3]
+  kernel = _kernel(spec.band, q_len, kv_len, heads, spec.softcap, interpret)
+  # Splash does not scale; scaling the query before the kernel keeps cap(q . k * scale).
+  scaled = query * jnp.asarray(spec.scale, query.dtype)
+  to_heads_major = lambda x: jnp.swapaxes(x.reshape(-1, *x.shape[-3:]), -2, -3)
+  q, k, v = (to_heads_major(x) for x in (scaled, key, value))  # [batch, heads, len, dim]
+  if segment_ids is None:
+    out = jax.vmap(kernel)(q, k, v)
+  else:
+    segments = _splash_module().SegmentIds
+    q_seg, kv_seg = (s.reshape(-1, s.shape[-1]).astype(jnp.int32) for s in segment_ids)
+    out = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=segments(qs, ks)))(
+        q, k, v, jnp.broadcast_to(q_seg, (q.shape[0], q_len)),
+        jnp.broadcast_to(kv_seg, (q.shape[0], kv_len)))
+  out = jnp.swapaxes(out, -2, -3).reshape(*batch, q_len, heads, value.shape[-1])
+  seen = _rows_seen(spec, segment_ids, q_len, kv_len)
+  if seen is not None:
+    out = jnp.where(seen[..., :, None, None], out, jnp.zeros((), out.dtype))
+  return out.astype(query.dtype)
