@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from attention_jax import layers
 from attention_jax import ops
 from benchmarks.attention import interleaved_medians
 from benchmarks.attention import jax_timers
+from benchmarks import load
 
 
 def time_attention(length: int, window: int, heads: int, head_dim: int, repeats: int):
@@ -72,10 +72,15 @@ def main():
   parser.add_argument("--head_dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--decode_tokens", type=int, default=4096)
+  load.add_flag(parser)
   args = parser.parse_args()
-  load = os.getloadavg()[0]
+  guard = load.Guard(args.allow_load)
+  guard.start()
   row = time_attention(args.length, args.window, args.heads, args.head_dim, args.repeats)
-  print(json.dumps({**row, "load average before": round(load, 2)}), flush=True)
+  if not guard.quiet and not guard.allow:
+    row["speed-up fwd"] = row["speed-up fwd+bwd"] = "load too high"
+  print(json.dumps({**row, "load average before": round(guard.before, 2),
+                    "load average after": round(load.now(), 2)}), flush=True)
   for window in (None, args.window):
     print(json.dumps(cache_bytes(window, args.decode_tokens)), flush=True)
 
