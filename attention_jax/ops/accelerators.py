@@ -138,3 +138,52 @@ def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None
   if seen is not None:
     out = jnp.where(seen[..., :, None, None], out, jnp.zeros((), out.dtype))
   return out.astype(query.dtype)
+
+
+def pallas_gpu_supports(query, key, value, bias, mask, segment_ids, lengths,
+                        spec: AttentionSpec) -> bool:
+  """Whether :func:`pallas_gpu_attention` computes exactly our semantics: self-attention shapes
+  (``q_len == kv_len``, a multiple of 128), ``v_dim == head_dim``, causal or not, one set of
+  segment ids for queries and keys; no window, soft-cap, bias, mask, lengths or dropout."""
+  q_len, kv_len = query.shape[-3], key.shape[-3]
+  return (query.dtype in (jnp.float32, jnp.bfloat16, jnp.float16) and key.dtype == query.dtype
+          and value.dtype == query.dtype and value.shape[-1] == query.shape[-1]
+          and q_len == kv_len and q_len % _SPLASH_LANES == 0
+          and (segment_ids is None or segment_ids[0] is segment_ids[1])
+          and bias is None and mask is None and all(x is None for x in lengths)
+          and spec.window is None and spec.softcap is None and spec.dropout_rate == 0.0)
+
+
+def pallas_gpu_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None,
+                         interpret: bool = False) -> Array:
+  """Our attention through JAX's Pallas GPU flash kernel
+  (``jax.experimental.pallas.ops.gpu.attention.mha``, Triton: ``__gpu$xla.gpu.triton``); see
+  :func:`pallas_gpu_supports` for what it takes.
+
+  Args:
+    query: ``[batch..., length, heads, head_dim]``; ``length % 128 == 0``.
+    key: ``[batch..., length, kv_heads, head_dim]`` with ``heads % kv_heads == 0`` (the kernel has
+      no GQA: the key/value heads are repeated).
+    value: ``[batch..., length, kv_heads, head_dim]``.
+    spec: scale and causal limit (:class:`attention_jax.ops.spec.AttentionSpec`).
+    segment_ids: ``(ids, ids)`` int ``[batch..., length]``, the same array for queries and keys,
+      or ``None``.
+    interpret: run the kernel in Pallas interpret mode (any platform; slow, for tests).
+
+  Returns:
+    ``[batch..., length, heads, head_dim]`` in the input dtype. Every query sees at least itself,
+    so no row is empty.
+  """
+  from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+  *batch, length, heads, head_dim = query.shape
+  group = heads // key.shape[-2]
+  if group > 1:
+    key, value = (jnp.repeat(x, group, axis=-2) for x in (key, value))
+  q, k, v = (x.reshape(-1, length, heads, head_dim) for x in (query, key, value))
+  ids = None
+  if segment_ids is not None:
+    ids = jnp.broadcast_to(segment_ids[0].reshape(-1, length).astype(jnp.int32),
+                           (q.shape[0], length))
+  out = gpu_attention.mha(q, k, v, ids, sm_scale=spec.scale, causal=spec.is_causal,
+                          interpret=interpret)
+  return out.reshape(*batch, length, heads, head_dim).astype(query.dtype)

@@ -277,11 +277,31 @@ def _splash(query, key, value, bias, mask, segment_ids, lengths, spec: Attention
   return out, None, None
 
 
+def _pallas_gpu(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+                dropout_rng=None):
+  """JAX's Pallas GPU flash kernel (:mod:`attention_jax.ops.accelerators`; Triton on cuda,
+  Pallas interpret mode elsewhere: slow, for tests). No log-sum-exp (``None``)."""
+  del dropout_rng
+  if not accelerators.pallas_gpu_supports(query, key, value, bias, mask, segment_ids, lengths,
+                                          spec):
+    raise ValueError(
+        "implementation='pallas_gpu' needs q_len == kv_len, a multiple of 128, v_dim == head_dim, "
+        "one set of segment ids for queries and keys, and no window, soft-cap, bias, mask, "
+        "lengths or dropout (and no return_residual); use implementation=None to pick a "
+        "supported path")
+  run = lambda interpret: lambda q, k, v, s: accelerators.pallas_gpu_attention(
+      q, k, v, spec=spec, segment_ids=s, interpret=interpret)
+  out = jax.lax.platform_dependent(query, key, value, segment_ids, cuda=run(False),
+                                   default=run(True))
+  return out, None, None
+
+
 _PATHS: dict[str, Callable[..., tuple[Array, Array | None, Array | None]]] = {
     "reference": _reference,
     "flash": _flash,
     "cudnn": _cudnn,
     "splash": _splash,
+    "pallas_gpu": _pallas_gpu,
 }
 assert set(_PATHS) == set(IMPLEMENTATIONS)
 # Measured on a 2-core CPU (benchmarks/attention.py, batch 4 x 8 heads): the blockwise path is
@@ -319,9 +339,9 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
     raise ValueError(
         f"implementation={implementation!r} cannot return the attention weights; use "
         f"implementation='reference' or None with return_weights=True")
-  if return_residual and implementation == "splash":
-    raise ValueError("implementation='splash' cannot return the residual (splash's log-sum-exp "
-                     "has no gradient); use implementation=None or 'flash'")
+  if return_residual and implementation in ("splash", "pallas_gpu"):
+    raise ValueError(f"implementation={implementation!r} cannot return the residual (the "
+                     f"kernel's log-sum-exp has no gradient); use implementation=None or 'flash'")
   return implementation
 
 
@@ -387,7 +407,10 @@ def dot_product_attention(
       (fp16/bf16, no mask/bias/lengths/segments/window); ``"splash"`` is JAX's Pallas TPU splash
       attention (float32/bf16, lengths multiples of 128, causal/window/segments/soft-cap/GQA, no
       mask/bias/lengths/dropout/residual; off TPU it runs in Pallas interpret mode, slowly, for
-      tests). All paths are tested against ``"reference"`` and a float64 NumPy version.
+      tests); ``"pallas_gpu"`` is JAX's Pallas GPU flash kernel (Triton; ``q_len == kv_len``, a
+      multiple of 128, causal or not, shared segment ids; interpret mode off GPU; not chosen by
+      ``None`` yet: untested on hardware, and its Triton call has no export compatibility
+      guarantee). All paths are tested against ``"reference"`` and a float64 NumPy version.
     return_residual: also return the log-sum-exp of each query's logits ``[batch..., q_len,
       heads]`` (jax.nn's layout; float32, without gradient; ``EMPTY_ROW_LSE`` for a query that
       sees no key), which is what combining attention over chunks of keys needs.
@@ -426,7 +449,7 @@ def dot_product_attention(
                       return_residual)
 
   def run(path, query, key, value, bias, mask, segment_ids, lengths, dropout_rng):
-    if path not in ("cudnn", "splash"):  # the fused kernels run only without masks and lengths
+    if path not in ("cudnn", "splash", "pallas_gpu"):  # these run without masks and lengths
       key, value = _hide_unseen_keys(key, value, mask, lengths)
     run_path = functools.partial(_cudnn, platform="cuda") if path == "cudnn" else _PATHS[path]
     out, weights, lse = run_path(query, key, value, bias, mask, segment_ids, lengths, spec,

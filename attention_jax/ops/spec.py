@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 #: Names ``implementation`` accepts: ours, and jax.nn's (``"xla"`` is our materialising path).
-IMPLEMENTATIONS: tuple[str, ...] = ("reference", "flash", "cudnn", "splash")
+IMPLEMENTATIONS: tuple[str, ...] = ("reference", "flash", "cudnn", "splash", "pallas_gpu")
 ALIASES = {"xla": "reference"}
 
 
