@@ -13,6 +13,9 @@ output and zero gradients, so such rows are zeroed after the kernel.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +24,36 @@ from attention_jax.ops import spec as spec_lib
 from attention_jax.ops.spec import AttentionSpec
 
 Array = jax.Array
+_LOWERING_PLATFORMS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "lowering_platforms", default=())
+
+
+@contextlib.contextmanager
+def lowering_platforms(*platforms: str):
+  """Within this block, the default path traced on a CPU host also carries the fused kernel of
+  each of ``platforms`` (``"tpu"``, ``"cuda"``) where it supports the call, chosen when the
+  program is lowered (``jax.lax.platform_dependent``), for ``jax.export(platforms=...)`` or AOT
+  lowering. The CPU branch is unchanged. Not on by default: the Pallas kernels have no
+  second-order derivative, and every branch of a ``platform_dependent`` is differentiated, so
+  ``grad`` of ``grad`` under ``jit`` would fail even on the CPU. The block acts when the
+  function is traced: jit's cache hands a function already traced outside it (same function,
+  same argument shapes) its old trace.
+
+  Example::
+
+    with ops.accelerators.lowering_platforms("tpu"):
+      exported = jax.export.export(jax.jit(f), platforms=["tpu"])(*specs)
+  """
+  token = _LOWERING_PLATFORMS.set(tuple(platforms))
+  try:
+    yield
+  finally:
+    _LOWERING_PLATFORMS.reset(token)
+
+
+def requested_lowering_platforms() -> tuple[str, ...]:
+  """The platforms of the innermost :func:`lowering_platforms` block (``()`` outside any)."""
+  return _LOWERING_PLATFORMS.get()
 # Splash tiles the sequence in multiples of the 128 TPU lanes.
 _SPLASH_LANES = 128
 _SPLASH_DTYPES = (jnp.float32, jnp.bfloat16)

@@ -396,8 +396,9 @@ def dot_product_attention(
       keys ``i' - left <= j <= i' + right`` with ``i' = i + kv_len - q_len`` (sliding-window
       attention, Mistral / Gemma 2; with ``is_causal`` only the left bound matters).
     implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
-      where it applies (GPU), ``"splash"`` where it applies (TPU; also when lowering for TPU
-      from a CPU host, e.g. ``jax.export(platforms=["tpu"])``), else ``"flash"`` from
+      where it applies (GPU), ``"splash"`` where it applies (TPU; from a CPU host also in
+      lowerings for TPU traced within :func:`attention_jax.ops.accelerators.lowering_platforms`,
+      e.g. for ``jax.export(platforms=["tpu"])``), else ``"flash"`` from
       ``q_len * kv_len >= 1024**2`` (``256**2`` if causal or windowed) or where the reference's
       ``[L, L]`` arrays get large (over 256 MiB of logits),
       otherwise ``"reference"`` (also whenever weights or dropout are requested).
@@ -459,12 +460,15 @@ def dot_product_attention(
 
   args = (query, key, value, bias, mask, segment_ids, lengths, dropout_rng)
   per_platform = {}
-  if spec.implementation is None and jax.default_backend() == "cpu":
+  targets = accelerators.requested_lowering_platforms()
+  if spec.implementation is None and targets and jax.default_backend() == "cpu":
     # Lowered for an accelerator (jax.export, AOT): the fused kernel of that platform where it
     # supports the call. The CPU branch is the path chosen above; the others are traced but only
     # the lowering platform's branch reaches the compiler.
+    candidates = [p for p in ("cuda", "tpu")
+                  if p in targets and (p != "cuda" or _cudnn_traceable())]
     per_platform = {
-        platform: other for platform in (("cuda", "tpu") if _cudnn_traceable() else ("tpu",))
+        platform: other for platform in candidates
         if (other := _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths,
                                   return_weights, return_residual, platform)) != path}
   if per_platform:

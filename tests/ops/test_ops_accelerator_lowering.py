@@ -2,7 +2,8 @@
 platforms=["cuda"] / ["tpu"] for every kind of masking, forward and gradient, and the fused kernel
 each platform's dispatch picks shows as its custom call in the lowered program.
 
-What lowers to what, from this CPU host (the dispatch table of docs/performance.md):
+What lowers to what, from this CPU host, traced within accelerators.lowering_platforms (the
+dispatch table of docs/performance.md):
   tpu:  splash attention (Mosaic ``tpu_custom_call``) for none, causal, segments, window,
         soft-cap; a dense mask or lengths take the pure-JAX paths (no custom call).
   cuda: no custom call: jax.nn's cuDNN path asks the installed cuDNN for its version while
@@ -19,6 +20,7 @@ import pytest
 from jax import export
 
 from attention_jax import ops
+from attention_jax.ops import accelerators
 from attention_jax.ops import attention
 
 B, L, H, KH, D = 2, 128, 4, 2, 64
@@ -55,7 +57,8 @@ def exported(kind: str, platform: str, gradient: bool, dtype=jnp.float32, length
     return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   fn = gradient_fn if gradient else forward
-  return export.export(jax.jit(fn), platforms=[platform])(*specs)
+  with accelerators.lowering_platforms(platform):
+    return export.export(jax.jit(fn), platforms=[platform])(*specs)
 
 
 @pytest.mark.parametrize("gradient", [False, True], ids=["fwd", "grad"])
@@ -105,7 +108,8 @@ def test_cpu_program_is_unchanged_by_the_accelerator_branches(kind, monkeypatch)
     loss = lambda q, k, v: ops.dot_product_attention(q, k, v, **static, **extra).sum()
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
-  compiled = jax.jit(grads).lower(q, k, v).compile()
+  with accelerators.lowering_platforms("tpu"):
+    compiled = jax.jit(grads).lower(q, k, v).compile()
   text = compiled.as_text()
   assert "conditional" not in text and "tpu_custom_call" not in text
   with_branch = compiled(q, k, v)
@@ -113,3 +117,18 @@ def test_cpu_program_is_unchanged_by_the_accelerator_branches(kind, monkeypatch)
   without_branch = jax.jit(grads)(q, k, v)
   for got, want in zip(jax.tree.leaves(with_branch), jax.tree.leaves(without_branch)):
     np.testing.assert_array_equal(got, want)
+
+
+def test_tpu_branch_only_within_lowering_platforms():
+  """Outside the block the default path has no TPU branch, so second-order derivatives (which no
+  Pallas kernel has) keep working under jit on the CPU; within it a TPU export carries splash."""
+  spec = jax.ShapeDtypeStruct((1, L, 2, 16), jnp.float32)
+  loss = lambda q: ops.dot_product_attention(q, q, q, is_causal=True).sum()
+  second_order = jax.jit(jax.grad(lambda q: jax.grad(loss)(q).sum()))
+  assert second_order(jnp.ones(spec.shape)).shape == spec.shape
+  assert "tpu_custom_call" not in custom_calls(
+      export.export(jax.jit(loss), platforms=["tpu"])(spec).mlir_module())
+  with accelerators.lowering_platforms("tpu"):
+    # A new function: jit's cache would hand back the trace made outside the block.
+    assert "tpu_custom_call" in custom_calls(
+        export.export(jax.jit(lambda q: loss(q)), platforms=["tpu"])(spec).mlir_module())
