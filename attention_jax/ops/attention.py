@@ -260,40 +260,34 @@ def _cudnn(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionS
   return out, None, jnp.swapaxes(lse.astype(jnp.float32), -1, -2)
 
 
-def _splash(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
-            dropout_rng=None):
-  """TPU splash attention (:mod:`attention_jax.ops.accelerators`); elsewhere the same kernel in
-  Pallas interpret mode (slow: for tests). No log-sum-exp (``None``)."""
-  del dropout_rng
-  if not accelerators.splash_supports(query, key, value, bias, mask, segment_ids, lengths, spec):
-    raise ValueError(
-        "implementation='splash' needs float32/bfloat16 inputs with v_dim == head_dim, q_len and "
-        "kv_len multiples of 128, and no bias, mask, lengths or dropout (and no return_residual); "
-        "use implementation=None to pick a supported path")
-  run = lambda interpret: lambda q, k, v, s: accelerators.splash_attention(
-      q, k, v, spec=spec, segment_ids=s, interpret=interpret)
-  out = jax.lax.platform_dependent(query, key, value, segment_ids, tpu=run(False),
-                                   default=run(True))
-  return out, None, None
+def _pallas_path(name: str, supports, kernel, platform: str, needs: str):
+  """A path through one of JAX's Pallas kernels (:mod:`attention_jax.ops.accelerators`): the
+  compiled kernel when lowered for ``platform``, Pallas interpret mode elsewhere (slow: for
+  tests). No log-sum-exp (``None``)."""
+
+  def path(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+           dropout_rng=None):
+    del dropout_rng
+    if not supports(query, key, value, bias, mask, segment_ids, lengths, spec):
+      raise ValueError(f"implementation={name!r} needs {needs} (and no return_residual); use "
+                       f"implementation=None to pick a supported path")
+    run = lambda interpret: lambda q, k, v, s: kernel(  # noqa: E731
+        q, k, v, spec=spec, segment_ids=s, interpret=interpret)
+    out = jax.lax.platform_dependent(query, key, value, segment_ids,
+                                     **{platform: run(False)}, default=run(True))
+    return out, None, None
+
+  return path
 
 
-def _pallas_gpu(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
-                dropout_rng=None):
-  """JAX's Pallas GPU flash kernel (:mod:`attention_jax.ops.accelerators`; Triton on cuda,
-  Pallas interpret mode elsewhere: slow, for tests). No log-sum-exp (``None``)."""
-  del dropout_rng
-  if not accelerators.pallas_gpu_supports(query, key, value, bias, mask, segment_ids, lengths,
-                                          spec):
-    raise ValueError(
-        "implementation='pallas_gpu' needs q_len == kv_len, a multiple of 128, v_dim == head_dim, "
-        "one set of segment ids for queries and keys, and no window, soft-cap, bias, mask, "
-        "lengths or dropout (and no return_residual); use implementation=None to pick a "
-        "supported path")
-  run = lambda interpret: lambda q, k, v, s: accelerators.pallas_gpu_attention(
-      q, k, v, spec=spec, segment_ids=s, interpret=interpret)
-  out = jax.lax.platform_dependent(query, key, value, segment_ids, cuda=run(False),
-                                   default=run(True))
-  return out, None, None
+_splash = _pallas_path(
+    "splash", accelerators.splash_supports, accelerators.splash_attention, "tpu",
+    "float32/bfloat16 inputs with v_dim == head_dim, q_len and kv_len multiples of 128, and no "
+    "bias, mask, lengths or dropout")
+_pallas_gpu = _pallas_path(
+    "pallas_gpu", accelerators.pallas_gpu_supports, accelerators.pallas_gpu_attention, "cuda",
+    "q_len == kv_len, a multiple of 128, v_dim == head_dim, one set of segment ids for queries "
+    "and keys, and no window, soft-cap, bias, mask, lengths or dropout")
 
 
 _PATHS: dict[str, Callable[..., tuple[Array, Array | None, Array | None]]] = {

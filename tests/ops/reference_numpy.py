@@ -67,3 +67,13 @@ def attention(query, key, value, bias=None, mask=None, is_causal=False, scale=No
                    peak + np.log(np.exp(masked - np.where(np.isfinite(peak), peak, 0.0)[..., None]
                                         ).sum(-1)), -np.inf)
   return out, weights, lse
+
+
+def random_qkv(seed, q_len, kv_len, heads, kv_heads, dim, batch=(1,)):
+  """Normal float32 ``query [*batch, q_len, heads, dim]``, ``key``/``value [*batch, kv_len,
+  kv_heads, dim]`` (jax arrays) for the kernel tests."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  # the rest of this file is NumPy
+  rng = np.random.default_rng(seed)
+  shapes = ((*batch, q_len, heads, dim), (*batch, kv_len, kv_heads, dim),
+            (*batch, kv_len, kv_heads, dim))
+  return tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes)

@@ -19,11 +19,7 @@ L, D = 128, 32
 
 
 def inputs(seed, heads, kv_heads, batch=(1,)):
-  rng = np.random.default_rng(seed)
-  q = rng.normal(size=(*batch, L, heads, D))
-  k = rng.normal(size=(*batch, L, kv_heads, D))
-  v = rng.normal(size=(*batch, L, kv_heads, D))
-  return tuple(jnp.asarray(a, jnp.float32) for a in (q, k, v))
+  return reference_numpy.random_qkv(seed, L, L, heads, kv_heads, D, batch)
 
 
 def check(q, k, v, ids=None, **kwargs):

@@ -16,11 +16,7 @@ D = 32
 
 
 def inputs(seed, q_len, kv_len, heads, kv_heads, batch=(1,)):
-  rng = np.random.default_rng(seed)
-  q = rng.normal(size=(*batch, q_len, heads, D))
-  k = rng.normal(size=(*batch, kv_len, kv_heads, D))
-  v = rng.normal(size=(*batch, kv_len, kv_heads, D))
-  return tuple(jnp.asarray(a, jnp.float32) for a in (q, k, v))
+  return reference_numpy.random_qkv(seed, q_len, kv_len, heads, kv_heads, D, batch)
 
 
 def splash(q, k, v, segment_ids=None, **kwargs):
