@@ -3,8 +3,9 @@
 import os
 
 # The tests' programs are tiny: XLA's CPU backend spends most of each test compiling them, and
-# its LLVM optimisations cost more than they save at these sizes (-O0 halved the CPU time of
-# tests/ops/test_ops_bad_inputs.py: 61 s -> 29 s). Set before jax is imported anywhere, and
+# its LLVM optimisations cost more than they save at these sizes (-O0, one process, load 0.8:
+# tests/layers + tests/models/test_models_transformer.py 287 s -> 245 s; the compile-bound
+# tests/ops/test_ops_bad_inputs.py 61 s -> 29 s of CPU). Set before jax is imported anywhere, and
 # inherited by the tests' subprocesses; experiments and benchmarks keep XLA's defaults.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
