@@ -64,6 +64,7 @@ from attention_jax.training.config import validate_training_config
 from attention_jax.training.config_json import config_to_dict, save_config_json
 from attention_jax.training.run_files import write_json
 
+
 class TrainingDiverged(UserError, FloatingPointError):
   """A run stopped by a NaN/Inf loss, gradient norm or parameter, or a loss over
   ``config.max_loss``; the message names the step and the last good checkpoint."""
