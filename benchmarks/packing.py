@@ -32,6 +32,7 @@ from absl import logging
 
 from attention_jax import data
 from attention_jax import training
+from benchmarks import load
 from experiments.transformer_lm import config as lm_config
 from experiments.transformer_lm import train as lm
 from experiments.transformer_seq2seq import config as s2s_config
@@ -88,10 +89,18 @@ def lm_run(documents: LMDocuments, mode: str, batches, seed: int, steps: int, co
           "validation_loss": round(val["loss"], 4), "train_wall_s": round(wall, 1)}
 
 
-def seq2seq_run(packed: bool, seed: int, preset: str, workdir: str) -> dict:
-  """The Transformer of ``experiments/transformer_seq2seq`` (``preset``, without the RNN)."""
+def seq2seq_run(packed: bool, seed: int, preset: str, workdir: str, steps: int = 0,
+                eval_examples: int = 0) -> dict:
+  """The Transformer of ``experiments/transformer_seq2seq`` (``preset``, without the RNN);
+  ``steps`` / ``eval_examples`` > 0 shorten it (for a throughput-only measurement)."""
   config = s2s_config.get_config(preset)
   config.seed = seed
+  if steps:
+    config.num_steps = steps
+    config.warmup_steps = min(config.warmup_steps, steps // 10)
+    config.log_every = max(1, steps // 5)
+  if eval_examples:
+    config.eval.max_examples = eval_examples
   config.compare_rnn = False
   config.packing.enabled = packed
   config.eval.num_heatmaps = 0
@@ -161,8 +170,17 @@ def main():
   parser.add_argument("--context", type=int, default=256)
   parser.add_argument("--seq2seq_preset", default="quick")
   parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--seq2seq_steps", type=int, default=0, help="0 = the preset's")
+  parser.add_argument("--seq2seq_eval_examples", type=int, default=0, help="0 = the preset's")
+  parser.add_argument("--wait_idle", action="store_true",
+                      help="before each run, wait until the load average is below half the cores")
   parser.add_argument("--out", default="", help="also write the rows as JSON here")
   args = parser.parse_args()
+
+  def wait_idle():
+    while args.wait_idle and load.now() >= load.limit():
+      time.sleep(5)
+    return load.now()
   logging.set_verbosity(logging.WARNING)  # orbax and the loop log at INFO
   experiments = args.experiments.split(",")
   rows, tables = [], []
@@ -179,10 +197,10 @@ def main():
                             / (1 - packed.padding_fraction()))
         packed = data.packing.RowBatches(packed.rows, packed_rows, seed)
         for mode, batches in (("padded", padded), ("packed", packed)):
-          load = os.getloadavg()[0]
+          before = wait_idle()
           row = lm_run(documents, mode, batches, seed, args.steps, args.context,
                        os.path.join(tmp, f"lm_{mode}{seed}"))
-          lm_rows.append({"experiment": "lm", **row, "load average before": round(load, 2)})
+          lm_rows.append({"experiment": "lm", **row, "load average before": round(before, 2)})
           print(json.dumps(lm_rows[-1]), flush=True)
       rows += lm_rows
       tables.append(f"LM, context {args.context}, {args.steps} steps, equal real tokens per step:"
@@ -191,11 +209,12 @@ def main():
       s2s_rows = []
       for seed in range(args.seeds):
         for packed in (False, True):
-          load = os.getloadavg()[0]
+          before = wait_idle()
           row = seq2seq_run(packed, seed, args.seq2seq_preset,
-                            os.path.join(tmp, f"s2s_{packed}{seed}"))
+                            os.path.join(tmp, f"s2s_{packed}{seed}"), args.seq2seq_steps,
+                            args.seq2seq_eval_examples)
           s2s_rows.append({"experiment": "seq2seq", **row,
-                           "load average before": round(load, 2)})
+                           "load average before": round(before, 2)})
           print(json.dumps(s2s_rows[-1]), flush=True)
       rows += s2s_rows
       tables.append(f"Transformer seq2seq ({args.seq2seq_preset}), equal steps and pairs per "
