@@ -14,6 +14,13 @@ Decoder, one step (``s = (c, h)`` the LSTM state, ``y`` the previous word):
 with ``c_0 = tanh(W_c mean_ij h_ij)``, ``h_0 = tanh(W_h mean_ij h_ij)``. Training adds Xu et
 al.'s doubly stochastic regulariser :func:`doubly_stochastic_penalty`.
 
+``attention`` chooses how ``z_t`` reads the grid: ``"soft"`` (the expectation above, Xu et al.
+sec. 4.2), ``"hard"`` (sec. 4.1: one location ``s_t ~ Multinoulli(a_t)`` and ``z_t = h_{s_t}``;
+the sampling needs a ``"sample"`` rng when not ``deterministic``, and deterministic decoding takes
+the most probable location; trained with :func:`reinforce_surrogate`) or ``"none"`` (no
+attention: ``z_t`` is the mean feature, the weights reported are uniform). The maps the decoder
+returns are ``a_t`` for soft attention and the one-hot of the location used for hard attention.
+
 As in :mod:`attention_jax.models.seq2seq`: ``encode -> initial_state -> decode_step``, teacher
 forcing scans the same ``decode_step``, and :func:`decoding_fns` plugs into
 :mod:`attention_jax.decoding`.
@@ -32,6 +39,7 @@ from attention_jax import layers
 
 Array = jax.Array
 Dtype = Any
+ATTENTION_KINDS = ("soft", "hard", "none")
 
 
 @flax.struct.dataclass
@@ -120,6 +128,7 @@ class Captioner(nn.Module):
     init_dropout_rate: dropout on the mean feature that initialises the LSTM (training only):
       the initial state then cannot carry the whole scene reliably, so the decoder has to read
       the objects through the attention.
+    attention: "soft", "hard" or "none" (module docstring).
     coverage: coverage-aware scores (Tu et al. 2016; See et al. 2017): the attention so far,
       ``cov_ij = sum_{t' < t} a_t'ij``, enters the score as ``v . tanh(W_q h + W_k h_ij + b +
       cov_ij u)``, so the decoder can tell what it has already looked at; the state is then
@@ -138,10 +147,13 @@ class Captioner(nn.Module):
   dropout_rate: float = 0.0
   init_dropout_rate: float = 0.0
   coverage: bool = False
+  attention: str = "soft"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
+    if self.attention not in ATTENTION_KINDS:
+      raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
     dims = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.encoder = ConvEncoder(tuple(self.channels), tuple(self.strides),
                                coordinates=self.coordinates,
@@ -165,6 +177,8 @@ class Captioner(nn.Module):
     """``images [B, S, S, 3]`` -> :class:`CaptionMemory` with ``N = H * W`` grid positions."""
     grid = self.encoder(images)
     features = grid.reshape(grid.shape[0], -1, grid.shape[-1])
+    if self.attention == "none":  # no scores, no keys (and no attention parameters)
+      return CaptionMemory(features, features[..., :0])
     return CaptionMemory(features, self.attend.project_keys(features))
 
   def grid_shape(self, image_size: int) -> tuple[int, int]:
@@ -191,11 +205,20 @@ class Captioner(nn.Module):
       memory: from :meth:`encode`.
       state: the carry from :meth:`initial_state` or the previous step.
       tokens: int ``[B]``, the previous words (BOS first).
-      deterministic: disables dropout.
+      deterministic: disables dropout (and, for hard attention, sampling: the most probable
+        location is used).
 
     Returns:
-      ``(logits [B, V], new_state, attention_weights [B, N])``, the weights summing to one.
+      ``(logits [B, V], new_state, attention_weights [B, N])``, the weights summing to one (the
+      one-hot of the location used, for hard attention).
     """
+    logits, state, used, _ = self.decode_step_with_probs(memory, state, tokens, deterministic)
+    return logits, state, used
+
+  def decode_step_with_probs(self, memory: CaptionMemory, state, tokens,
+                             deterministic: bool = True):
+    """:meth:`decode_step` that also returns the attention distribution ``a_t [B, N]`` (for
+    hard attention the weights used are a one-hot sample of it)."""
     if jnp.ndim(tokens) != 1 or not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
       raise ValueError(f"tokens must be int [batch], got {jnp.result_type(tokens)}"
                        f"{list(jnp.shape(tokens))}")
@@ -206,35 +229,54 @@ class Captioner(nn.Module):
     keys = memory.keys
     if self.coverage:
       keys = keys + state[2][..., None].astype(keys.dtype) * self.coverage_vector.astype(keys.dtype)
-    context, weights = self.attend(query, memory.features, memory.features,
-                                   projected_keys=keys, return_weights=True)
+    features = memory.features
+    if self.attention == "none":
+      n = features.shape[1]
+      context = features.mean(axis=1)
+      probs = used = jnp.full(features.shape[:2], 1.0 / n, jnp.float32)
+    else:
+      context, probs = self.attend(query, features, features, projected_keys=keys,
+                                   return_weights=True)
+      used = probs
+      if self.attention == "hard":
+        log_probs = jnp.log(jnp.maximum(probs.astype(jnp.float32), 1e-30))
+        if deterministic:
+          location = jnp.argmax(log_probs, axis=-1)
+        else:
+          location = jax.random.categorical(self.make_rng("sample"), log_probs, axis=-1)
+        used = jax.nn.one_hot(location, features.shape[1], dtype=probs.dtype)
+        context = jnp.einsum("bn,bnc->bc", used.astype(features.dtype), features)
     if self.gate:
       context = context * nn.sigmoid(self.gate_dense(query))
     embedded = self.embed(tokens)
     context = context.astype(embedded.dtype)
     lstm_state, output = self.cell(state[:2], jnp.concatenate([embedded, context], axis=-1))
-    state = lstm_state + ((state[2] + weights.astype(jnp.float32),) if self.coverage else ())
-    features = self.dropout(jnp.concatenate([output, context, embedded], axis=-1),
-                            deterministic=deterministic)
-    return self.output_dense(features), state, weights
+    state = lstm_state + ((state[2] + used.astype(jnp.float32),) if self.coverage else ())
+    outputs = self.dropout(jnp.concatenate([output, context, embedded], axis=-1),
+                           deterministic=deterministic)
+    return self.output_dense(outputs), state, used, probs
 
-  def __call__(self, images, decoder_inputs, deterministic: bool = True):
+  def __call__(self, images, decoder_inputs, deterministic: bool = True,
+               return_probs: bool = False):
     """Teacher forcing: ``images [B, S, S, 3]``, ``decoder_inputs int [B, T]`` (BOS + words)
-    -> ``(logits [B, T, V], attention [B, T, N])``."""
+    -> ``(logits [B, T, V], attention [B, T, N])``, with ``return_probs`` also the attention
+    distributions ``[B, T, N]`` (the same as the attention unless it is hard)."""
     if jnp.ndim(decoder_inputs) != 2 or decoder_inputs.shape[0] != jnp.shape(images)[0]:
       raise ValueError(f"decoder_inputs must be int [batch, T] with the batch of images "
                        f"{jnp.shape(images)}, got shape {jnp.shape(decoder_inputs)}")
     memory = self.encode(images)
 
     def step(module, state, memory, tokens):
-      logits, state, weights = module.decode_step(memory, state, tokens, deterministic)
-      return state, (logits, weights)
+      logits, state, used, probs = module.decode_step_with_probs(memory, state, tokens,
+                                                                 deterministic)
+      return state, (logits, used, probs)
 
-    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+    scan = nn.scan(step, variable_broadcast="params",
+                   split_rngs={"params": False, "dropout": True, "sample": True},
                    in_axes=(nn.broadcast, 1), out_axes=1)
     start = self.initial_state(memory, deterministic)
-    _, (logits, weights) = scan(self, start, memory, decoder_inputs)
-    return logits, weights
+    _, (logits, used, probs) = scan(self, start, memory, decoder_inputs)
+    return (logits, used, probs) if return_probs else (logits, used)
 
 
 def doubly_stochastic_penalty(weights, mask) -> Array:
@@ -253,6 +295,49 @@ def doubly_stochastic_penalty(weights, mask) -> Array:
                      f"mask {jnp.shape(mask)}")
   coverage = jnp.sum(weights * jnp.asarray(mask, jnp.float32)[..., None], axis=1)
   return jnp.sum((1.0 - coverage) ** 2, axis=-1)
+
+
+def reinforce_surrogate(log_likelihood, log_prob_locations, entropy, baseline,
+                        reinforce_weight: float = 1.0, entropy_weight: float = 0.0) -> Array:
+  """Per example, a loss whose gradient is Xu et al.'s (2015, eq. 12, with the moving-average
+  baseline and the entropy term) estimate of ``-grad L_s``, for locations sampled from the model.
+
+  ``L_s = sum_s p(s | a) log p(y | s, a)``, a lower bound of ``log p(y | a)``. For a sample
+  ``s~ ~ p(s | a)`` the estimate of its gradient is
+
+    ``d log p(y | s~, a) + lambda_r (log p(y | s~, a) - b) d log p(s~ | a) + lambda_e d H[s~]``
+
+  (``b`` the baseline; ``H`` the entropy of the attention distributions), unbiased for ``L_s``
+  (plus ``lambda_e E[H]``) when ``lambda_r = 1`` and ``b`` does not depend on ``s~``. The surrogate
+  is the negative of ``log p(y | s~) + lambda_r sg(log p(y | s~) - b) log p(s~) + lambda_e H``
+  (``sg`` stops the gradient).
+
+  Args:
+    log_likelihood: ``[B]``, ``log p(y | s~, a)`` of each caption (differentiable).
+    log_prob_locations: ``[B]``, ``sum_t log p(s~_t | a)`` of the sampled locations.
+    entropy: ``[B]``, ``sum_t H(a_t)``.
+    baseline: scalar ``b`` (no gradient flows into it).
+    reinforce_weight, entropy_weight: ``lambda_r``, ``lambda_e``.
+  """
+  advantage = jax.lax.stop_gradient(log_likelihood - baseline)
+  return -(log_likelihood + reinforce_weight * advantage * log_prob_locations
+           + entropy_weight * entropy)
+
+
+def hard_attention_terms(used, probs, mask) -> tuple[Array, Array]:
+  """``(sum_t log p(s_t | a), sum_t H(a_t))`` per example over the real steps.
+
+  Args:
+    used: ``[B, T, N]`` one-hot sampled locations.
+    probs: ``[B, T, N]`` the attention distributions they were drawn from.
+    mask: ``[B, T]`` the real (non-padding) steps.
+  """
+  probs = jnp.asarray(probs, jnp.float32)
+  log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+  mask = jnp.asarray(mask, jnp.float32)
+  log_prob = jnp.sum(jnp.sum(used * log_probs, -1) * mask, -1)
+  entropy = jnp.sum(-jnp.sum(probs * log_probs, -1) * mask, -1)
+  return log_prob, entropy
 
 
 def decoding_fns(model: Captioner, variables, images):

@@ -8,6 +8,8 @@ Presets (``config.py:<preset>``):
   tiny     seconds; the tests use it.
   gpu      a wider model, 10,000 steps (GPU/TPU).
   coco     TFDS ``coco_captions`` through ``tfds.data_source`` (internet to prepare; GPU advised).
+  hard     the default model on the hard scene (``data.dataset_config="hard"``); set
+           ``--config.model.attention=hard`` or ``none`` to compare (README).
 """
 
 import ml_collections
@@ -15,11 +17,14 @@ import numpy as np
 
 from attention_jax import training
 from attention_jax.data import shapes_captions
+from attention_jax.errors import ConfigError
+from attention_jax.models import captioning
 
 EMBEDDED = "shapes_captions"
 #: Catalog datasets with ``image`` and ``captions/text`` records, and their test split names.
 CATALOG = {"coco_captions": ("train", "val", "test")}
-PRESETS = ("default", "tiny", "gpu", "coco")
+PRESETS = ("default", "tiny", "gpu", "coco", "hard")
+DATASET_CONFIGS = ("default", "small", "hard", "hard_small")
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -28,7 +33,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "shapes_captions"
-  config.data.dataset_config = "default"  # "small": 1,000 train images
+  # "small": 1,000 train images; "hard": the hard scene (1-6 objects, four relations, occlusion,
+  # distractors; 10,000 train images), "hard_small" its 1,000-image version
+  config.data.dataset_config = "default"
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default dir
   config.data.max_caption_len = 24  # 4 objects x 4 words + 3 x "left of" + EOS = 23
   # Catalog datasets only ("coco_captions"): the square side images are resized to, the word
@@ -63,6 +70,15 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # impossible and the penalty pushes the mass of every step onto the background (measured at
   # 600 steps: lambda 0.01 -> 0.08 of the mass in the box, 0.001 -> 0.17, 0 -> 0.19), so small.
   config.model.attention_penalty = 0.001
+  # "soft" (expected context), "hard" (one sampled location, REINFORCE; Xu et al. sec. 4.1) or
+  # "none" (the mean feature: no attention).
+  config.model.attention = "soft"
+  # Hard attention only: lambda_r of the REINFORCE term (1 = the unbiased estimate of the bound's
+  # gradient), lambda_e of the entropy term, the decay of the moving-average baseline (0.9 in
+  # Xu et al.).
+  config.model.reinforce_weight = 1.0
+  config.model.entropy_weight = 0.01
+  config.model.baseline_decay = 0.9
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 250
@@ -103,6 +119,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.eval.beam_size = 1
     config.eval.num_overlays = 2
     config.eval.num_grid = 4
+  elif preset == "hard":
+    config.data.dataset_config = "hard"
+    config.data.max_caption_len = 36
   elif preset == "gpu":
     config.model.embed_dim = 64
     config.model.hidden_dim = 512
@@ -148,9 +167,20 @@ def validate(config) -> None:
   if d.dataset not in (EMBEDDED, *CATALOG):
     raise ValueError(f"config.data.dataset must be one of "
                      f"{', '.join(map(repr, (EMBEDDED, *CATALOG)))}, got {d.dataset!r}")
-  if d.dataset_config not in ("default", "small"):
-    raise ValueError(f"config.data.dataset_config must be one of 'default', 'small', "
-                     f"got {d.dataset_config!r}")
+  if d.dataset_config not in DATASET_CONFIGS:
+    raise ConfigError(f"config.data.dataset_config must be one of "
+                      f"{', '.join(map(repr, DATASET_CONFIGS))}, got {d.dataset_config!r}")
+  if m.attention not in captioning.ATTENTION_KINDS:
+    raise ConfigError(f"config.model.attention must be one of "
+                      f"{', '.join(map(repr, captioning.ATTENTION_KINDS))}, got {m.attention!r}")
+  if not 0 <= m.baseline_decay < 1:
+    raise ConfigError(f"config.model.baseline_decay must be in [0, 1), got {m.baseline_decay!r}")
+  for field in ("reinforce_weight", "entropy_weight"):
+    if m[field] < 0:
+      raise ConfigError(f"config.model.{field} must be >= 0, got {m[field]!r}")
+  if d.dataset == EMBEDDED and d.dataset_config.startswith("hard") and d.max_caption_len < 36:
+    raise ConfigError(f"config.data.max_caption_len must be >= 36 for the hard scene (6 objects "
+                      f"x 4 words + 5 x 2 relation words + EOS = 35), got {d.max_caption_len!r}")
   positive = {"data.image_size": d.image_size, "data.vocab_examples": d.vocab_examples,
               "model.embed_dim": m.embed_dim, "model.hidden_dim": m.hidden_dim,
               "model.attention_dim": m.attention_dim, "eval.batch_size": e.batch_size,

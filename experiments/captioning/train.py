@@ -48,7 +48,7 @@ def make_model(config,
       attention_dim=m.attention_dim, channels=tuple(m.channels), strides=tuple(m.strides),
       gate=m.gate, coordinates=m.coordinates, dropout_rate=m.dropout_rate,
       init_dropout_rate=m.init_dropout_rate, coverage=m.coverage,
-      grid_coordinates=m.grid_coordinates, normalize=m.normalize)
+      grid_coordinates=m.grid_coordinates, normalize=m.normalize, attention=m.attention)
 
 
 def split_arrays(config, split: str) -> dict[str, np.ndarray]:
@@ -57,8 +57,19 @@ def split_arrays(config, split: str) -> dict[str, np.ndarray]:
                                                 config.data.dataset_config)
   arrays = shapes_captions.load_arrays(source)
   arrays.update(shapes_captions.encode_captions(list(arrays["caption"]),
-                                                config.data.max_caption_len))
+                                                config.data.max_caption_len,
+                                                tokenizer=embedded_tokenizer(config)))
   return arrays
+
+
+def scene(config) -> str:
+  """The embedded dataset's scene: "hard" for its hard configs, else "default"."""
+  return "hard" if config.data.dataset_config.startswith("hard") else "default"
+
+
+def embedded_tokenizer(config) -> shapes_captions.WordTokenizer:
+  """The word tokenizer of the embedded dataset's scene."""
+  return shapes_captions.tokenizer_for(scene(config))
 
 
 class CatalogSplit:
@@ -123,19 +134,67 @@ def batch_at(data, batch_size: int, seed: int, step: int) -> dict[str, np.ndarra
   return {k: data[k][rows] for k in ("image", "decoder_inputs", "targets", "target_mask")}
 
 
-def losses(model, params, batch, penalty: float, deterministic: bool, rng=None):
-  """``(loss, sums)``: token cross-entropy + ``penalty * mean_b doubly_stochastic_penalty``."""
-  logits, weights = model.apply({"params": params}, batch["image"], batch["decoder_inputs"],
-                                deterministic=deterministic,
-                                rngs=None if rng is None else {"dropout": rng})
+BASELINE = "reward_baseline"  # the moving-average baseline of hard attention, kept in params
+
+
+def losses(model, params, batch, penalty: float, deterministic: bool, rng=None,
+           reinforce_weight: float = 1.0, entropy_weight: float = 0.0):
+  """``(loss, sums)``: token cross-entropy + ``penalty * mean_b doubly_stochastic_penalty``.
+
+  With hard attention (``params`` then holds the baseline under ``BASELINE``) and not
+  ``deterministic``, the caption term is :func:`captioning.reinforce_surrogate` over the sampled
+  locations (its sum over the batch divided by the token count, as the cross-entropy), and the
+  sums add ``reward_sum`` (``sum_b log p(y | s~)``) for the baseline's update.
+  """
+  params = dict(params)
+  baseline = params.pop(BASELINE, None)
+  rngs = None
+  if rng is not None:  # the dropout rng as before hard attention existed
+    rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, 1)}
+  logits, used, probs = model.apply({"params": params}, batch["image"], batch["decoder_inputs"],
+                                    deterministic=deterministic, return_probs=True, rngs=rngs)
   sums = training.classification_sums(logits, batch["targets"], batch["target_mask"])
-  reg = captioning.doubly_stochastic_penalty(weights, batch["target_mask"])
-  loss = sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0) + penalty * reg.mean()
-  return loss, {**sums, "attention_penalty_sum": reg.sum(),
+  reg = captioning.doubly_stochastic_penalty(probs, batch["target_mask"])
+  tokens = jnp.maximum(sums["token_count"], 1.0)
+  extra = {}
+  if model.attention == "hard" and not deterministic:
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(log_p, batch["targets"][..., None], axis=-1)[..., 0]
+    log_likelihood = jnp.sum(picked * batch["target_mask"], axis=-1)
+    log_prob, entropy = captioning.hard_attention_terms(used, probs, batch["target_mask"])
+    surrogate = captioning.reinforce_surrogate(
+        log_likelihood, log_prob, entropy, 0.0 if baseline is None else baseline,
+        reinforce_weight, entropy_weight)
+    caption_loss = surrogate.sum() / tokens
+    extra = {"reward_sum": jnp.sum(log_likelihood), "attention_entropy_sum": jnp.sum(entropy)}
+  else:
+    caption_loss = sums["loss_sum"] / tokens
+  loss = caption_loss + penalty * reg.mean()
+  return loss, {**sums, "attention_penalty_sum": reg.sum(), **extra,
                 "example_count": jnp.float32(reg.shape[0])}
 
 
-_DENOMINATORS = {"attention_penalty_sum": "example_count"}
+_DENOMINATORS = {"attention_penalty_sum": "example_count", "reward_sum": "example_count",
+                 "attention_entropy_sum": "example_count"}
+
+
+def with_baseline_update(train_step, decay: float):
+  """Wraps ``training.make_train_step(loss_fn, jit=False)``: after each update the baseline in
+  the parameters becomes ``decay * b + (1 - decay) * mean_b log p(y | s~)`` (Xu et al.'s moving
+  average; the first step sets it to the batch mean). The loss never lets a gradient reach it."""
+
+  def step(state, batch):
+    new_state, sums = train_step(state, batch)
+    reward = sums["reward_sum"] / sums["example_count"]
+    old = state.params[BASELINE]
+    baseline = jnp.where(state.step == 0, reward, decay * old + (1.0 - decay) * reward)
+    params = {**new_state.params, BASELINE: baseline.astype(old.dtype)}
+    return new_state.replace(params=params), sums
+
+  jitted = jax.jit(step, donate_argnums=(0,))
+  jitted.unjitted = step  # what training.train re-jits with the mesh's shardings
+  jitted.donate = True
+  return jitted
 
 
 def train_model(config, workdir: str, model, train_arrays, val_arrays):
@@ -143,15 +202,25 @@ def train_model(config, workdir: str, model, train_arrays, val_arrays):
   example = batch_at(train_arrays, config.batch_size, config.seed, 0)
   params = model.init(jax.random.key(config.seed), example["image"],
                       example["decoder_inputs"])["params"]
+  hard = config.model.attention == "hard"
+  if hard:
+    params = {**params, BASELINE: jnp.zeros((), jnp.float32)}
   tx, schedule = training.make_optimizer(config)
   penalty = float(config.model.attention_penalty)
+  weights = dict(reinforce_weight=float(config.model.reinforce_weight),
+                 entropy_weight=float(config.model.entropy_weight))
 
   def loss_fn(params, batch, rng):
-    return losses(model, params, batch, penalty, deterministic=False, rng=rng)
+    return losses(model, params, batch, penalty, deterministic=False, rng=rng, **weights)
 
   def metrics_fn(params, batch):
     return losses(model, params, batch, penalty, deterministic=True)[1]
 
+  if hard:
+    train_step = with_baseline_update(training.make_train_step(loss_fn, jit=False),
+                                      float(config.model.baseline_decay))
+  else:
+    train_step = training.make_train_step(loss_fn)
   eval_step = training.make_eval_step(metrics_fn)
   size = config.eval.batch_size
   keys = ("image", "decoder_inputs", "targets", "target_mask")
@@ -165,11 +234,16 @@ def train_model(config, workdir: str, model, train_arrays, val_arrays):
   return training.train(
       config, workdir,
       lambda: training.create_train_state(params, tx, seed=config.seed + 1, apply_fn=model.apply),
-      training.make_train_step(loss_fn),
+      train_step,
       lambda step: batch_at(train_arrays, config.batch_size, config.seed, step),
       eval_fn=lambda state: training.evaluate(eval_step, state, val_batches,
                                               denominators=_DENOMINATORS),
       learning_rate_fn=schedule, metric_denominators=_DENOMINATORS)
+
+
+def model_params(params):
+  """The model's parameters (without hard attention's baseline)."""
+  return {k: v for k, v in params.items() if k != BASELINE}
 
 
 def make_decoder(model, beam_size: int, max_len: int):
@@ -201,7 +275,7 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
     n = min(n, config.eval.max_examples)
   beam_size = config.eval.beam_size if beam_size is None else beam_size
   decode = make_decoder(model, beam_size, config.data.max_caption_len)
-  tok = tokenizer or shapes_captions.WordTokenizer()
+  tok = tokenizer or embedded_tokenizer(config)
   grid = model.grid_shape(image_size(config))
   words, maps, refs = [], [], []
   for i in range(0, n, config.eval.batch_size):
@@ -223,7 +297,7 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
     scores["localisation"] = {"skipped": "the catalog dataset has no box per generated word"}
   else:
     scores["grammatical_fraction"] = float(np.mean(
-        [shapes_captions.parse_caption(" ".join(w)) is not None for w in words]))
+        [shapes_captions.parses(" ".join(w), scene(config)) for w in words]))
     scores["localisation"] = evaluation.localisation(
         words, maps, test["objects"][:n], test["num_objects"][:n], test["boxes"][:n],
         shapes_captions.IMAGE_SIZE)
@@ -263,7 +337,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   if config.data.dataset == EMBEDDED:
     train_arrays, val_arrays, test = (split_arrays(config, s) for s in shapes_captions.SPLITS)
-    tokenizer = shapes_captions.WordTokenizer()
+    tokenizer = embedded_tokenizer(config)
   else:
     train_arrays, val_arrays, test, tokenizer = load_catalog(config)
   model = make_model(config, tokenizer.vocab_size)
@@ -271,12 +345,13 @@ def run(config, workdir: str) -> dict[str, Any]:
   state = train_model(config, workdir, model, train_arrays, val_arrays)
   train_seconds = time.perf_counter() - train_start
   eval_start = time.perf_counter()
-  scores, decoded = evaluate_test(config, model, state.params, test, tokenizer=tokenizer)
+  params = model_params(state.params)
+  scores, decoded = evaluate_test(config, model, params, test, tokenizer=tokenizer)
   results = {"config": training.config_to_dict(config),
-             "parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
+             "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
              "train_seconds_this_run": round(train_seconds, 1), "test": scores}
   if config.eval.beam_size > 1:  # greedy beside beam search, same model and images
-    results["test_greedy"] = evaluate_test(config, model, state.params, test, beam_size=1,
+    results["test_greedy"] = evaluate_test(config, model, params, test, beam_size=1,
                                            tokenizer=tokenizer)[0]
   results["eval_seconds"] = round(time.perf_counter() - eval_start, 1)
   results["examples"] = [{"truth": " ".join(decoded["references"][i][0]),
@@ -299,6 +374,9 @@ def summary_line(scores) -> str:
   if "mean_mass_in_box" in loc:
     line += (f", attention in box {loc['mean_mass_in_box']:.3f} vs uniform "
              f"{loc['uniform_baseline']:.3f}")
+  if "mean_cell_mass_in_box" in loc:
+    line += (f"; on the box's cells {loc['mean_cell_mass_in_box']:.3f} vs uniform "
+             f"{loc['cell_uniform_baseline']:.3f}, pointing {loc['pointing_accuracy']:.3f}")
   return line
 
 

@@ -173,3 +173,104 @@ def test_tiny_training_lowers_the_loss():
     params, opt, loss = step(params, opt)
     first = loss if first is None else first
   assert float(loss) < 0.3 * float(first)
+
+
+# --- Hard attention (Xu et al. 2015, sec. 4.1) and no attention -------------------------------
+
+def _toy_problem():
+  """Two steps over N = 4 locations: a_1 = softmax(w), a_2 = softmax(w + U[s_1]) (the second
+  distribution depends on the first sample, as an LSTM's would), and log p(y_t | s_t) =
+  log_softmax(V[s_t])[y_t]. Parameters theta = (w, U, V)."""
+  rng = np.random.default_rng(0)
+  theta = {"w": jnp.asarray(rng.normal(size=4), jnp.float32),
+           "U": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32),
+           "V": jnp.asarray(2 * rng.normal(size=(4, 3)), jnp.float32)}
+  targets = (0, 2)
+  return theta, targets
+
+
+def _toy_terms(theta, targets, s1, s2):
+  """``(log p(y | s), log p(s_1, s_2), H(a_1) + H(a_2), p(s_1, s_2))`` for fixed locations."""
+  a1 = jax.nn.softmax(theta["w"])
+  a2 = jax.nn.softmax(theta["w"] + theta["U"][s1])
+  used = jnp.stack([jax.nn.one_hot(s1, 4), jax.nn.one_hot(s2, 4)])[None]
+  probs = jnp.stack([a1, a2])[None]
+  log_prob, entropy = captioning.hard_attention_terms(used, probs, jnp.ones((1, 2)))
+  log_lik = (jax.nn.log_softmax(theta["V"][s1])[targets[0]]
+             + jax.nn.log_softmax(theta["V"][s2])[targets[1]])
+  return log_lik, log_prob[0], entropy[0], a1[s1] * a2[s2]
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _estimator_z_scores(reinforce_weight, samples=20_000, baseline=-2.5, entropy_weight=0.1):
+  """|mean estimate - exact gradient| / (sample std / sqrt(samples)) per parameter."""
+  theta, targets = _toy_problem()
+
+  def exact(theta):  # L_s + lambda_e E[H], enumerating all 16 location pairs
+    total = 0.0
+    for s1 in range(4):
+      for s2 in range(4):
+        log_lik, _, entropy, p = _toy_terms(theta, targets, s1, s2)
+        total += p * (log_lik + entropy_weight * entropy)
+    return total
+
+  exact_grad = _flat(jax.jit(jax.grad(exact))(theta))
+
+  def one_sample(key):
+    k1, k2 = jax.random.split(key)
+    s1 = jax.random.categorical(k1, theta["w"])
+    s2 = jax.random.categorical(k2, theta["w"] + theta["U"][s1])
+
+    def surrogate(theta):
+      log_lik, log_prob, entropy, _ = _toy_terms(theta, targets, s1, s2)
+      return captioning.reinforce_surrogate(log_lik, log_prob, entropy, baseline,
+                                            reinforce_weight, entropy_weight)
+
+    return jax.tree.map(lambda g: -g, jax.grad(surrogate)(theta))  # the estimate of +grad
+
+  grads = jax.jit(jax.vmap(one_sample))(jax.random.split(jax.random.key(1), samples))
+  flat = np.concatenate([np.asarray(g).reshape(samples, -1) for g in jax.tree.leaves(grads)], 1)
+  stderr = flat.std(0) / np.sqrt(samples)
+  error = np.abs(flat.mean(0) - exact_grad)
+  # A parameter whose estimate has no spread (none here) must then be exact.
+  return np.where(stderr > 0, error / np.maximum(stderr, 1e-12), np.where(error < 1e-6, 0, np.inf))
+
+
+def test_reinforce_estimator_is_unbiased_against_exact_enumeration():
+  # 36 parameters; under no bias each z is ~|N(0, 1)|, P(max > 5) < 36 * 6e-7.
+  z = _estimator_z_scores(reinforce_weight=1.0)
+  assert z.max() < 5.0, z
+
+
+def test_the_unbiasedness_check_catches_a_biased_estimator():
+  # Without the score-function term (lambda_r = 0) the attention parameters get only the entropy
+  # gradient: the same check must reject it, or it could not tell a biased estimator apart.
+  z = _estimator_z_scores(reinforce_weight=0.0)
+  assert z.max() > 20.0, z
+
+
+@pytest.mark.slow  # three compilations of the scanned decoder (~10 s)
+def test_hard_attention_uses_one_location_and_none_uses_the_mean():
+  _, variables, images, tokens = _setup()
+  hard = captioning.Captioner(**SMALL, attention="hard")
+  logits, used, probs = hard.apply(variables, images, tokens, return_probs=True)
+  # deterministic: the most probable location, one-hot
+  np.testing.assert_array_equal(np.asarray(used).argmax(-1), np.asarray(probs).argmax(-1))
+  np.testing.assert_allclose(np.asarray(used).sum(-1), 1.0)
+  assert set(np.unique(np.asarray(used))) <= {0.0, 1.0}
+  # training: locations sampled from the distribution (near uniform at initialisation, so 15
+  # draws all equal to the most probable location would be a broken sampler)
+  sampled = hard.apply(variables, images, tokens, deterministic=False,
+                       rngs={"sample": jax.random.key(1)})[1]
+  assert not np.array_equal(np.asarray(sampled), np.asarray(used))
+  np.testing.assert_allclose(np.asarray(sampled).sum(-1), 1.0)
+  none = captioning.Captioner(**SMALL, attention="none")
+  none_variables = none.init(jax.random.key(0), images, tokens)
+  assert "attend" not in none_variables["params"]
+  _, weights = none.apply(none_variables, images, tokens)
+  np.testing.assert_allclose(weights, 1.0 / 16, rtol=1e-6)
+  with pytest.raises(ValueError, match="attention"):
+    captioning.Captioner(**SMALL, attention="sharp").init(jax.random.key(0), images, tokens)
