@@ -79,6 +79,37 @@ def mass_in_box(attention: np.ndarray, box: Sequence[int], image_size: int) -> f
   return float(per_pixel[ymin:ymax, xmin:xmax].sum() / max(per_pixel.sum(), 1e-12))
 
 
+_RELATION_ENDS = frozenset(("of", "to", "above", "below"))
+
+
+def cells_touching_box(grid: tuple[int, int], box: Sequence[int], image_size: int) -> np.ndarray:
+  """bool ``[H, W]``: the grid cells that cover at least one pixel of ``box`` (the box dilated to
+  the grid's resolution)."""
+  h, w = grid
+  if image_size % h or image_size % w:
+    raise ValueError(f"image_size {image_size} must be a multiple of the grid {tuple(grid)}")
+  ch, cw = image_size // h, image_size // w
+  ymin, xmin, ymax, xmax = (int(v) for v in box)
+  out = np.zeros((h, w), bool)
+  if ymax > ymin and xmax > xmin:
+    out[ymin // ch:-(-ymax // ch), xmin // cw:-(-xmax // cw)] = True
+  return out
+
+
+def cell_mass_in_box(attention: np.ndarray, box: Sequence[int], image_size: int) -> float:
+  """The fraction of an attention map's mass on the grid cells that cover part of a pixel box.
+
+  The attention picks cells, not pixels: a cell that covers part of the object is a cell of the
+  object, however the box's edges fall on the grid (:func:`mass_in_box` instead spreads each
+  cell over its pixels, so a cell on the outline of a 10-pixel object counts at most in part).
+  Its uniform baseline is the fraction of cells the box touches (:func:`cells_touching_box`),
+  not the box's area fraction, so the ratio to uniform stays honest.
+  """
+  attention = np.asarray(attention, np.float64)
+  cells = cells_touching_box(attention.shape, box, image_size)
+  return float(attention[cells].sum() / max(attention.sum(), 1e-12))
+
+
 def named_objects(words: Sequence[str], objects: np.ndarray, num_objects: int) -> list[int | None]:
   """For each word of a generated caption, the index of the true object it names, or None.
 
@@ -89,11 +120,11 @@ def named_objects(words: Sequence[str], objects: np.ndarray, num_objects: int) -
   out: list[int | None] = [None] * len(words)
   used: set[int] = set()
   truth = [tuple(int(v) for v in objects[i]) for i in range(num_objects)]
-  start = 0
-  while start < len(words):
-    end = start
-    while end < len(words) and words[end] != "left":
-      end += 1
+  # A phrase starts at the first word, at every "a" and after every relation ("left of",
+  # "next to", "above", "below"), so a phrase that lost its "a" is still read on its own.
+  starts = [i for i, w in enumerate(words)
+            if i == 0 or w == "a" or words[i - 1] in _RELATION_ENDS]
+  for start, end in zip(starts, starts[1:] + [len(words)]):
     phrase = words[start:end]
     attrs = {}
     for position, word in enumerate(phrase):
@@ -114,7 +145,6 @@ def named_objects(words: Sequence[str], objects: np.ndarray, num_objects: int) -
       used.add(target)
       for _, position in attrs.values():
         out[position] = target
-    start = end + 2  # skip "left of"
   return out
 
 
@@ -124,6 +154,12 @@ def localisation(words_per_example: Sequence[Sequence[str]], attentions: Sequenc
   """Mean attention mass inside the named object's box over every content word that names an
   object, and the same for a uniform map (the box's area fraction).
 
+  Two ways to count (both reported, ``mean_mass_in_box`` the original one): each cell spread
+  over its pixels (:func:`mass_in_box`, uniform = the box's area fraction), and whole cells that
+  cover part of the box (:func:`cell_mass_in_box`, ``mean_cell_mass_in_box``, uniform = the
+  fraction of cells the box touches). ``pointing_accuracy``: how often the map's largest cell
+  covers part of the box (the pointing game of Zhang et al. 2016, at the grid's resolution).
+
   Args:
     words_per_example: the generated words of each example.
     attentions: per example ``[>= len(words), H, W]``, the attention of each generated word.
@@ -131,21 +167,36 @@ def localisation(words_per_example: Sequence[Sequence[str]], attentions: Sequenc
     image_size: pixels per side.
   """
   scores, uniform, by_kind = [], [], collections.defaultdict(list)
+  cell_scores, cell_uniform, cell_by_kind, pointed = [], [], collections.defaultdict(list), []
   for k, words in enumerate(words_per_example):
     for t, target in enumerate(named_objects(words, objects[k], int(num_objects[k]))):
       if target is None:
         continue
       box = boxes[k, target]
-      score = mass_in_box(attentions[k][t], box, image_size)
+      attention = np.asarray(attentions[k][t])
+      score = mass_in_box(attention, box, image_size)
       scores.append(score)
       uniform.append((box[2] - box[0]) * (box[3] - box[1]) / image_size ** 2)
+      cells = cells_touching_box(attention.shape, box, image_size)
+      cell_score = cell_mass_in_box(attention, box, image_size)
+      cell_scores.append(cell_score)
+      cell_uniform.append(cells.mean())
+      pointed.append(bool(cells.flat[int(np.argmax(attention))]))
       kind = ("size" if words[t] in shapes_captions.SIZES
               else "colour" if words[t] in shapes_captions.COLOURS else "shape")
       by_kind[kind].append(score)
+      cell_by_kind[kind].append(cell_score)
   if not scores:
     return {"mean_mass_in_box": 0.0, "uniform_baseline": 0.0, "ratio_to_uniform": 0.0,
-            "num_words": 0}
+            "mean_cell_mass_in_box": 0.0, "cell_uniform_baseline": 0.0,
+            "cell_ratio_to_uniform": 0.0, "pointing_accuracy": 0.0, "num_words": 0}
   mean, base = float(np.mean(scores)), float(np.mean(uniform))
+  cell_mean, cell_base = float(np.mean(cell_scores)), float(np.mean(cell_uniform))
   return {"mean_mass_in_box": mean, "uniform_baseline": base, "ratio_to_uniform": mean / base,
+          "mean_cell_mass_in_box": cell_mean, "cell_uniform_baseline": cell_base,
+          "cell_ratio_to_uniform": cell_mean / cell_base,
+          "pointing_accuracy": float(np.mean(pointed)),
           "num_words": len(scores),
-          **{f"mean_mass_in_box_{kind}_words": float(np.mean(v)) for kind, v in by_kind.items()}}
+          **{f"mean_mass_in_box_{kind}_words": float(np.mean(v)) for kind, v in by_kind.items()},
+          **{f"mean_cell_mass_in_box_{kind}_words": float(np.mean(v))
+             for kind, v in cell_by_kind.items()}}

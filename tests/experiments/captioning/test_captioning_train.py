@@ -8,6 +8,12 @@ import os
 import numpy as np
 import pytest
 
+import jax
+import jax.numpy as jnp
+import optax
+
+from attention_jax import training
+from attention_jax.errors import ConfigError
 from experiments.captioning import train as captioning
 from experiments.captioning import evaluation
 from experiments.captioning import config as configs
@@ -82,6 +88,78 @@ def test_bad_config_fields_are_named(field, value, match):
     configs.validate(config)
 
 
+@pytest.mark.parametrize("field,value", [
+    ("model.attention", "sharp"),
+    ("model.baseline_decay", 1.0),
+    ("model.entropy_weight", -0.1),
+    ("data.dataset_config", "harder"),
+])
+def test_new_config_fields_are_named_in_a_one_line_config_error(field, value):
+  config = configs.get_config("tiny")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=name) as error:
+    configs.validate(config)
+  assert "\n" not in str(error.value)
+
+
+def test_hard_scene_needs_room_for_its_longest_caption():
+  config = configs.get_config("hard")
+  configs.validate(config)
+  config.data.max_caption_len = 24
+  with pytest.raises(ConfigError, match="max_caption_len"):
+    configs.validate(config)
+
+
+def test_cell_metric_counts_whole_cells_and_its_uniform_baseline():
+  grid = np.zeros((12, 12))  # 4-pixel cells of a 48-pixel image
+  grid[2, 3] = 1.0  # pixels rows 8-11, columns 12-15
+  box = (10, 14, 20, 24)  # a 10-pixel object whose corner covers a quarter of that cell
+  assert evaluation.mass_in_box(grid, box, 48) == pytest.approx(0.25)
+  assert evaluation.cell_mass_in_box(grid, box, 48) == pytest.approx(1.0)
+  cells = evaluation.cells_touching_box((12, 12), box, 48)
+  assert cells.sum() == 9 and cells[2:5, 3:6].all()  # rows 8-19, columns 12-23
+  uniform = np.full((12, 12), 1 / 144)
+  assert evaluation.cell_mass_in_box(uniform, box, 48) == pytest.approx(9 / 144)
+  assert evaluation.mass_in_box(uniform, box, 48) == pytest.approx(100 / 48 ** 2)
+  # a cell next to the box (not covering any of its pixels) does not count
+  grid[2, 3], grid[5, 3] = 0.0, 1.0
+  assert evaluation.cell_mass_in_box(grid, box, 48) == 0.0
+
+
+def test_localisation_reports_both_metrics_and_pointing():
+  objects = np.array([[1, 0, 0], [0, 2, 1], [0, 0, 0], [0, 0, 0]])
+  boxes = np.zeros((1, 4, 4), int)
+  boxes[0, 0], boxes[0, 1] = (2, 2, 18, 18), (30, 30, 40, 40)
+  words = "a large red circle next to a small blue square".split()
+  maps = np.zeros((10, 12, 12))
+  maps[:4, 1, 1] = 1.0  # the first phrase: a cell inside the red circle's box
+  maps[4:, 7, 7] = 1.0  # the second: the cell of pixels 28-31, a corner of the square's box
+  result = evaluation.localisation([words], [maps], objects[None], np.array([2]), boxes, 48)
+  assert result["num_words"] == 6
+  assert result["mean_mass_in_box"] == pytest.approx((3 * 1.0 + 3 * 4 / 16) / 6)
+  assert result["mean_cell_mass_in_box"] == pytest.approx(1.0)
+  assert result["pointing_accuracy"] == 1.0
+  assert result["cell_uniform_baseline"] == pytest.approx((3 * 25 / 144 + 3 * 9 / 144) / 6)
+
+
+def test_baseline_is_the_moving_average_of_the_reward():
+  params = {"w": jnp.zeros(2), captioning.BASELINE: jnp.zeros(())}
+  state = training.create_train_state(params, optax.sgd(0.1), seed=0)
+
+  def fake_step(state, batch):  # zero gradients; the batch's summed reward over 4 examples
+    grads = jax.tree.map(jnp.zeros_like, state.params)
+    return state.apply_gradients(grads=grads), {"reward_sum": 4.0 * batch, "example_count":
+                                                jnp.float32(4.0)}
+
+  step = captioning.with_baseline_update(fake_step, 0.9)
+  state, _ = step(state, jnp.float32(-10.0))
+  assert float(state.params[captioning.BASELINE]) == pytest.approx(-10.0)  # the first batch
+  state, _ = step(state, jnp.float32(-20.0))
+  assert float(state.params[captioning.BASELINE]) == pytest.approx(0.9 * -10.0 + 0.1 * -20.0)
+  assert set(captioning.model_params(state.params)) == {"w"}
+
+
 def test_unknown_preset():
   with pytest.raises(ValueError, match="preset"):
     configs.get_config("huge")
@@ -100,3 +178,23 @@ def test_tiny_run_writes_eval_json_and_pngs(tmp_path):
   assert 0 <= results["test"]["bleu_1"] <= 100
   assert os.path.exists(os.path.join(workdir, "attention_0.png"))
   assert os.path.exists(os.path.join(workdir, "captions.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["hard", "none"])
+def test_tiny_hard_scene_run_with_hard_and_no_attention(tmp_path, attention):
+  config = configs.get_config("tiny")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.dataset_config = "hard_small"
+  config.data.max_caption_len = 36
+  config.model.attention = attention
+  config.num_steps = 10
+  config.checkpoint_every = 10
+  workdir = str(tmp_path / "run")
+  results = captioning.run(config, workdir)
+  assert 0 <= results["test"]["bleu_1"] <= 100
+  assert "mean_cell_mass_in_box" in results["test"]["localisation"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = [json.loads(line) for line in f]
+  assert ("reward" in lines[0]) == (attention == "hard")
+  assert os.path.exists(os.path.join(workdir, "attention_0.png"))
