@@ -57,20 +57,26 @@ def test_a_packed_row_gives_each_sequence_its_own_logits():
   model = transformer.DecoderOnlyLM(config)
   sequences = _sequences(count=12, seed=2, high=20)
   batch = next(packing.packed_lm_batches(sequences, length=48, batch_size=2))
-  params = model.init(jax.random.key(0), jnp.asarray(batch["inputs"]))["params"]
-  apply = jax.jit(model.apply)  # one compile per shape instead of one per op
+  # Jitted: one compile per shape instead of one per op.
+  params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(batch["inputs"]))["params"]
+  apply = jax.jit(model.apply)
   logits = apply({"params": params}, jnp.asarray(batch["inputs"]),
                  segment_ids=jnp.asarray(batch["segment_ids"]),
                  positions=jnp.asarray(batch["positions"]))
-  checked = 0
+  runs = []
   for row in range(2):
     segments = batch["segment_ids"][row]
     for segment in sorted(set(segments.tolist()) - {0}):
-      where = np.flatnonzero(segments == segment)
-      alone = apply({"params": params}, jnp.asarray(batch["inputs"][row][where])[None])
-      np.testing.assert_allclose(logits[row, where], alone[0], atol=1e-5)
-      checked += 1
-  assert checked >= 3
+      runs.append((row, np.flatnonzero(segments == segment)))
+  assert len(runs) >= 3
+  # Each sequence alone, as its own row of one batch (one compile, not one per length): the
+  # trailing zeros come after it, and a causal model's logits at its positions do not see them.
+  alone_inputs = np.zeros((len(runs), batch["inputs"].shape[1]), batch["inputs"].dtype)
+  for i, (row, where) in enumerate(runs):
+    alone_inputs[i, :len(where)] = batch["inputs"][row][where]
+  alone = apply({"params": params}, jnp.asarray(alone_inputs))
+  for i, (row, where) in enumerate(runs):
+    np.testing.assert_allclose(logits[row, where], alone[i, :len(where)], atol=1e-5)
 
 
 @pytest.mark.parametrize("sequences,match", [
@@ -123,7 +129,7 @@ def test_a_packed_row_of_pairs_gives_each_pair_its_own_logits():
   pick = int(np.argmax([len(set(r.tolist()) - {0}) for r in rows["input_segment_ids"]]))
   rows = {k: v[pick:pick + 1] for k, v in rows.items()}
   row = {k: jnp.asarray(v) for k, v in rows.items()}
-  params = model.init(jax.random.key(0), row["inputs"], row["decoder_inputs"])["params"]
+  params = jax.jit(model.init)(jax.random.key(0), row["inputs"], row["decoder_inputs"])["params"]
   apply = jax.jit(model.apply)
   logits = apply({"params": params}, row["inputs"], row["decoder_inputs"],
                  input_segment_ids=row["input_segment_ids"],
@@ -133,11 +139,17 @@ def test_a_packed_row_of_pairs_gives_each_pair_its_own_logits():
   in_seg, tgt_seg = rows["input_segment_ids"][0], rows["target_segment_ids"][0]
   segments = sorted(set(in_seg.tolist()) - {0})
   assert len(segments) >= 2
+  target_length = rows["decoder_inputs"].shape[1]
   for segment in segments:
+    # The source exactly as translated alone (the encoder sees all of it); the decoder inputs
+    # padded at the end to the row's length, which the causal decoder's earlier positions do not
+    # see: one compile per source length instead of one per (source, target) length pair.
     source = jnp.asarray(rows["inputs"][0][in_seg == segment])[None]
     where = np.flatnonzero(tgt_seg == segment)
-    alone = apply({"params": params}, source, jnp.asarray(rows["decoder_inputs"][0][where])[None])
-    np.testing.assert_allclose(logits[0, where], alone[0], atol=1e-5)
+    decoder_inputs = np.zeros((1, target_length), rows["decoder_inputs"].dtype)
+    decoder_inputs[0, :len(where)] = rows["decoder_inputs"][0][where]
+    alone = apply({"params": params}, source, jnp.asarray(decoder_inputs))
+    np.testing.assert_allclose(logits[0, where], alone[0, :len(where)], atol=1e-5)
 
 
 def test_row_batches_are_a_pure_function_of_the_step():
