@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The native CPU attention kernel: rebuilt in place when its source changes, without a new venv.
+KERNEL := $(VENV)/.kernel
+KERNEL_SOURCES := setup.py attention_jax/ops/cpu_kernels/flash_attention.cc
 LOCK := requirements/lock.txt
 UV := uv==0.13.9
 PYTEST := -m pytest -q -n 2 --dist loadfile --durations=15
@@ -19,26 +22,30 @@ $(STAMP): $(LOCK) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
-	touch $(STAMP)
+	touch $(STAMP) $(KERNEL)
 
-install: $(STAMP)
+$(KERNEL): $(STAMP) $(KERNEL_SOURCES)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(KERNEL)
+
+install: $(KERNEL)
 
 # The main job: seq2seq with and without attention, a short run that still shows both curves.
-demo: $(STAMP)
+demo: $(KERNEL)
 	$(PY) -m experiments.seq2seq --config=experiments/seq2seq/config.py:quick --workdir=runs/seq2seq_quick
 
 # The default config (about 10 minutes of training per model on a 2-core CPU).
-demo-full: $(STAMP)
+demo-full: $(KERNEL)
 	$(PY) -m experiments.seq2seq --config=experiments/seq2seq/config.py --workdir=runs/seq2seq
 
 # A few seconds: one self-attention layer learns to reverse a sequence.
-reverse-demo: $(STAMP)
+reverse-demo: $(KERNEL)
 	$(PY) -m experiments.demo --workdir=runs/demo
 
-test: $(STAMP)
+test: $(KERNEL)
 	$(PY) $(PYTEST)
 
-test-all: $(STAMP)
+test-all: $(KERNEL)
 	$(PY) $(PYTEST) -m ""
 
 # Not in CI: the newest releases inside setup.cfg's ranges, to meet the next breaking release
@@ -62,10 +69,10 @@ lock:
 
 # Long (about 1-2 hours on 2 cores), not in CI: re-runs every experiment whose table is in the
 # README with its documented config and writes docs/reproduce.md, each figure beside the README's.
-reproduce: $(STAMP)
+reproduce: $(KERNEL)
 	$(PY) -m experiments.reproduce --workdir=runs/reproduce --report=docs/reproduce.md
 
-bench: $(STAMP)
+bench: $(KERNEL)
 	$(PY) -m pip install --quiet -e ".[bench]" || echo "PyTorch not installed: its column stays empty"
 	$(PY) -m benchmarks.attention
 

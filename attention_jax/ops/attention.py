@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from attention_jax.ops import accelerators
 from attention_jax.ops import blockwise
+from attention_jax.ops import cpu_flash
 from attention_jax.ops import masks as masks_lib
 from attention_jax.ops import spec as spec_lib
 from attention_jax.ops import validation
@@ -216,6 +217,36 @@ def _flash(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionS
   return out, None, lse
 
 
+def _cpu_flash(query, key, value, bias, mask, segment_ids, lengths, spec: AttentionSpec,
+               dropout_rng=None):
+  """The native C++ flash kernel (:mod:`attention_jax.ops.cpu_flash`): float32, CPU."""
+  del dropout_rng
+  if not cpu_flash.available():
+    raise ValueError(f"implementation='cpu_flash' is unavailable: "
+                     f"{cpu_flash.unavailable_reason()}")
+  if not cpu_flash.supports(query, key, value, bias, mask, segment_ids, lengths, spec):
+    raise ValueError(
+        "implementation='cpu_flash' needs float32 query, key and value and no bias, mask or "
+        "dropout; use implementation=None to pick a supported path")
+  # Lowered for another platform (jax.export from a CPU host outside lowering_platforms), a
+  # pure-JAX path takes its place; only the CPU branch reaches XLA when compiled here. Every branch
+  # is differentiated, so that one is the reference (twice differentiable) unless its logits
+  # would be large.
+  if _logit_bytes(query, key) < _FLASH_MIN_LOGIT_BYTES:
+    portable = lambda *args: _reference(*args[:3], None, None, *args[3:], spec)[::2]  # noqa: E731
+  else:
+    portable = lambda *args: blockwise.flash_attention(  # noqa: E731
+        *args[:3], None, None, *args[3:], spec)
+  out, lse = jax.lax.platform_dependent(
+      query, key, value, segment_ids, lengths,
+      cpu=lambda *args: cpu_flash.flash_attention(*args, spec), default=portable)
+  return out, None, lse
+
+
+def _logit_bytes(query, key) -> int:
+  return math.prod(query.shape[:-3]) * query.shape[-2] * query.shape[-3] * key.shape[-3] * 4
+
+
 def _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths,
                     spec: AttentionSpec, platform: str | None = None) -> bool:
   """Whether ``jax.nn.dot_product_attention(implementation="cudnn")`` computes exactly our
@@ -293,6 +324,7 @@ _pallas_gpu = _pallas_path(
 _PATHS: dict[str, Callable[..., tuple[Array, Array | None, Array | None]]] = {
     "reference": _reference,
     "flash": _flash,
+    "cpu_flash": _cpu_flash,
     "cudnn": _cudnn,
     "splash": _splash,
     "pallas_gpu": _pallas_gpu,
@@ -305,6 +337,10 @@ assert set(_PATHS) == set(IMPLEMENTATIONS)
 _FLASH_MIN_LOGITS = 1024 * 1024
 _FLASH_MIN_CAUSAL_LOGITS = 256 * 256
 _FLASH_MIN_LOGIT_BYTES = 256 * 2**20
+# The native kernel (float32, no bias or dense mask) is faster than the reference from here on
+# (benchmarks/attention.py, idle 2-core CPU; see docs/performance.md); below, the reference's
+# few fused XLA ops cost less than the kernel's packing and call.
+_CPU_FLASH_MIN_LOGITS = 128 * 128
 
 
 def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids, lengths,
@@ -323,7 +359,15 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
                                          spec)):
       return "splash"
     logits_per_head = query.shape[-3] * key.shape[-3]
-    logit_bytes = math.prod(query.shape[:-3]) * query.shape[-2] * logits_per_head * 4
+    logit_bytes = _logit_bytes(query, key)
+    # Not within lowering_platforms (programs meant for export): the kernel's custom call has no
+    # export compatibility guarantee and exists only where this package is installed.
+    if ((platform or jax.default_backend()) == "cpu"
+        and not accelerators.requested_lowering_platforms()
+        and cpu_flash.supports(query, key, value, bias, mask, segment_ids, lengths, spec)
+        and (logits_per_head >= _CPU_FLASH_MIN_LOGITS
+             or logit_bytes >= _FLASH_MIN_LOGIT_BYTES)):
+      return "cpu_flash"
     if (logits_per_head >= _FLASH_MIN_LOGITS
         or (spec.restricts_positions and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
         or logit_bytes >= _FLASH_MIN_LOGIT_BYTES):

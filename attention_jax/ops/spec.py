@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 #: Names ``implementation`` accepts: ours, and jax.nn's (``"xla"`` is our materialising path).
-IMPLEMENTATIONS: tuple[str, ...] = ("reference", "flash", "cudnn", "splash", "pallas_gpu")
+IMPLEMENTATIONS: tuple[str, ...] = ("reference", "flash", "cpu_flash", "cudnn", "splash",
+                                    "pallas_gpu")
 ALIASES = {"xla": "reference"}
 
 

@@ -163,8 +163,8 @@ BAD_INPUTS = [
     ("dropout rate", None, dict(dropout_rate=1.0, dropout_rng=jax.random.key(0)), ValueError,
      r"dropout_rate must be in \[0, 1\)"),
     ("implementation", None, dict(implementation="fastest"), ValueError,
-     r"implementation must be one of \['cudnn', 'flash', 'pallas_gpu', 'reference', 'splash', "
-     r"'xla'\] or None, "
+     r"implementation must be one of \['cpu_flash', 'cudnn', 'flash', 'pallas_gpu', 'reference', "
+     r"'splash', 'xla'\] or None, "
      r"got 'fastest'"),
 ]
 
