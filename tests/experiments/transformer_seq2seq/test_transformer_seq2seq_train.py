@@ -67,8 +67,8 @@ def test_cross_attention_rows_are_distributions_over_the_source(tmp_path):
   config = tiny_config(tmp_path)
   tokenizer = data.CharTokenizer.build(["0123456789-: abcJun"])
   model = transformer_seq2seq.make_model(config, tokenizer.vocab_size)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                      jnp.zeros((1, 5), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
+                              jnp.zeros((1, 5), jnp.int32))["params"]
   weights = transformer_seq2seq.cross_attention(model, params, tokenizer, "12 Jun 1994",
                                                 "1994-06-12")
   assert weights.shape == (config.model.num_heads, 11, 11)
