@@ -11,6 +11,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=0").strip()
 
+import fcntl  # noqa: E402
+
 import matplotlib.image  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -44,3 +46,24 @@ def umask_022():
     yield
   finally:
     os.umask(old)
+
+
+@pytest.fixture(scope="session")
+def dates_small_data_dir(tmp_path_factory):
+  """A TFDS data dir holding ``dates_translation/small``, prepared once per test run and shared
+  by the xdist workers (a file lock; seconds of Babel per preparation). Tests that need the data,
+  not its preparation, read it here (or copy it before changing it); the tests of preparation
+  itself (tests/data/test_data_dates.py's second build, the stamps' rebuild) still build their own.
+  """
+  from attention_jax.data import dates  # pylint: disable=import-outside-toplevel
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the run's folder, shared by its workers; not by other runs
+  data_dir = base / "shared_tfds_dates_small"
+  with open(base / "shared_tfds_dates_small.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      dates.load_dates("test", data_dir=str(data_dir), config="small")
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return data_dir

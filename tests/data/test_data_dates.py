@@ -29,9 +29,9 @@ def _read_all(sources):
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("tfds_a")
-  return _read_all(dates.load_dates(None, data_dir=data_dir, config="small"))
+def small(dates_small_data_dir):
+  # The run's shared preparation (tests/conftest.py); test_two_builds_are_identical builds again.
+  return _read_all(dates.load_dates(None, data_dir=dates_small_data_dir, config="small"))
 
 
 def _parse_target(target: str) -> dt.datetime:

@@ -19,10 +19,8 @@ SHAPES_SMALL_FINGERPRINT = "3fd3583872975fc84b00c9b8439d73636f2c63217a3af6a800e1
 
 
 @pytest.fixture(scope="module")
-def dates_dir(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp("tfds_stamps")
-  dates.load_dates(None, data_dir=data_dir, config="small")
-  return data_dir
+def dates_dir(dates_small_data_dir):
+  return dates_small_data_dir  # the run's shared preparation (tests/conftest.py); read only here
 
 
 def _metadata(builder):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -16,8 +17,11 @@ def tiny_config(tmp_path):
   return config
 
 
-def test_tiny_run_trains_both_models_and_writes_results(tmp_path, check_png):
+def test_tiny_run_trains_both_models_and_writes_results(tmp_path, check_png,
+                                                        dates_small_data_dir):
   workdir = str(tmp_path / "run")
+  # The run's shared preparation of the data (tests/conftest.py), copied: the run reads its own.
+  shutil.copytree(dates_small_data_dir, tmp_path / "tfds")
   results = seq2seq.run(tiny_config(tmp_path), workdir)
   assert set(results["models"]) == {"none", "additive"}
   for attention, result in results["models"].items():
