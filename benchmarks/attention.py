@@ -106,11 +106,13 @@ def peers(causal, length):
   }
 
 
-def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None, guard=None):
+def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None, guard=None,
+        wait_idle=False):
   rows = []
   guard = guard or load.Guard(allow=False)
   for causal in causal_options:
     for length in lengths:
+      load.wait_until_quiet(wait_idle)
       guard.start()
       rng = np.random.default_rng(0)
       q, k, v = (jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
@@ -268,7 +270,7 @@ def main():
         f"{args.heads} heads, head_dim {args.head_dim}, fp32; median of {args.repeats}; "
         f"(ratio = ours / peer, below 1 = ours faster)")
   rows = run(args.lengths, causal_options, args.batch, args.heads, args.head_dim, args.repeats,
-             set(args.peers) | {"ours"} if args.peers else None, guard)
+             set(args.peers) | {"ours"} if args.peers else None, guard, args.wait_idle)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=2)

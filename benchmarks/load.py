@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 
 def limit() -> float:
@@ -26,6 +27,18 @@ def add_flag(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--allow-load", action="store_true",
                       help=f"print ratios even when the load average before a measurement is "
                            f"above {limit():.1f} (they are then not results)")
+  parser.add_argument("--wait-idle", action="store_true",
+                      help=f"before each measurement, wait until the load average is below "
+                           f"{limit():.1f} (the benchmark's own previous row raises it)")
+
+
+def wait_until_quiet(enabled: bool, poll_s: float = 5.0, give_up_s: float = 900.0) -> float:
+  """With ``enabled``, sleeps until the 1-minute load average is below :func:`limit` (at most
+  ``give_up_s``); returns the load average then."""
+  deadline = time.monotonic() + give_up_s
+  while enabled and now() >= limit() and time.monotonic() < deadline:
+    time.sleep(poll_s)
+  return now()
 
 
 class Guard:

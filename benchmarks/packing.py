@@ -178,9 +178,7 @@ def main():
   args = parser.parse_args()
 
   def wait_idle():
-    while args.wait_idle and load.now() >= load.limit():
-      time.sleep(5)
-    return load.now()
+    return load.wait_until_quiet(args.wait_idle)
   logging.set_verbosity(logging.WARNING)  # orbax and the loop log at INFO
   experiments = args.experiments.split(",")
   rows, tables = [], []

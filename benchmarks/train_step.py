@@ -163,6 +163,9 @@ def main():
   parser.add_argument("--steps", type=int, default=20, help="steps per framework per round")
   parser.add_argument("--torch-threads", type=int, default=None,
                       help="torch.set_num_threads (default: PyTorch's own choice, one per core)")
+  parser.add_argument("--flat-update", choices=("config", "on", "off"), default="config",
+                      help="the optimiser over one flat vector (config.flat_update; default: "
+                           "the preset's)")
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
   load.add_flag(parser)
   args = parser.parse_args()
@@ -170,6 +173,8 @@ def main():
   if torch is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   config = lm_configs.get_config(args.preset)
+  if args.flat_update != "config":
+    config.flat_update = args.flat_update == "on"
   m = config.model
   tokens_per_step = config.batch_size * m.context
   rng = np.random.default_rng(0)
@@ -182,7 +187,7 @@ def main():
     sides["torch"] = torch_side(config, args.vocab_size)
   batches = {"ours": jax_batch, "torch": torch_batch if torch is not None else None}
   counts = {name: count for name, (_, count) in sides.items()}
-  print(f"preset {args.preset!r}: {m.num_layers} layers, width {m.features}, {m.num_heads} heads, "
+  print(f"preset {args.preset!r} (flat_update={config.flat_update}): {m.num_layers} layers, width {m.features}, {m.num_heads} heads, "
         f"mlp {m.mlp_dim}, context {m.context}, batch {config.batch_size}, vocab "
         f"{args.vocab_size}, AdamW + clipping; jax {jax.__version__} on "
         f"{jax.devices()[0].platform}, torch {torch.__version__ if torch else 'not installed'} "
@@ -196,6 +201,7 @@ def main():
       step(batches[name])
   rates = {name: [] for name in sides}
   guard = load.Guard(args.allow_load)
+  load.wait_until_quiet(args.wait_idle)
   guard.start()
   for _ in range(args.rounds):
     for name, (step, _) in sides.items():
@@ -204,6 +210,7 @@ def main():
         step(batches[name])
       rates[name].append(args.steps * tokens_per_step / (time.perf_counter() - start))
   result = {"preset": args.preset, "tokens_per_step": tokens_per_step, "parameters": counts,
+            "flat_update": bool(config.flat_update),
             "torch_threads": torch.get_num_threads() if torch else None,
             "load_average_before": guard.before, "load_average": load.now(),
             **{f"{name} tokens/s": statistics.median(r) for name, r in rates.items()},

@@ -47,6 +47,9 @@ def default_training_config() -> ml_collections.ConfigDict:
   * ``max_loss`` (float > 0 or None): the divergence guard; a logged training loss above it
     stops the run (as a NaN/Inf loss does), naming the step and the last good checkpoint.
     None or 0 disables it.
+  * ``flat_update`` (bool): the optimiser updates all parameters as one flat vector
+    (``optax.flatten``: a few fused kernels instead of several per parameter; the same update up
+    to float rounding). Ignored with ``mesh.fsdp > 1``.
   * ``mesh.data``, ``mesh.fsdp``, ``mesh.sequence`` (int): the device mesh the loop trains on
     (:func:`attention_jax.parallel.make_mesh`); ``mesh.data = -1`` takes every device the other
     axes leave, so the default is data parallelism over all devices (one device: a 1x1x1 mesh).
@@ -66,6 +69,7 @@ def default_training_config() -> ml_collections.ConfigDict:
   config.end_learning_rate = 0.0
   config.grad_clip_norm = 1.0
   config.weight_decay = 0.0
+  config.flat_update = False
   config.log_every = 10
   config.checkpoint_every = 50
   config.keep_checkpoints = 3
@@ -156,8 +160,9 @@ def validate_training_config(config: Mapping[str, Any] | ml_collections.ConfigDi
   for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
     value = _field(config, name)
     _require(value in choices, name, "one of " + ", ".join(repr(c) for c in choices), value)
-  value = _field(config, "async_checkpointing")
-  _require(isinstance(value, bool), "async_checkpointing", "True or False", value)
+  for name in ("async_checkpointing", "flat_update"):
+    value = _field(config, name)
+    _require(isinstance(value, bool), name, "True or False", value)
 
   _check_mesh(config)
   if config["schedule"] == "warmup_rsqrt" and config["warmup_steps"] == 0:

@@ -52,6 +52,7 @@ CASES = {
     "segments": ((2,), 290, 290, 2, 2, 8, 8, dict(segments=True)),
     "lengths": ((2,), 100, 300, 2, 2, 8, 8, dict(lengths=True)),
     "cross_causal": ((1,), 37, 300, 4, 1, 16, 8, dict(is_causal=True)),
+    "more_queries_than_keys": ((1,), 150, 40, 2, 2, 8, 8, dict(is_causal=True)),
     "everything": ((2, 1), 130, 270, 4, 2, 8, 12,
                    dict(is_causal=True, local_window_size=(90, 0), softcap=3.0, segments=True,
                         lengths=True)),
@@ -87,7 +88,7 @@ def test_values_and_lse_match_float64_numpy(case):
 
 
 @pytest.mark.parametrize("case", ["causal", "window", "softcap", "segments", "lengths",
-                                  "cross_causal", "everything"])
+                                  "cross_causal", "more_queries_than_keys", "everything"])
 def test_gradients_match_float64_autodiff_of_the_reference(case):
   batch, q_len, kv_len, heads, kv_heads, dim, v_dim, options = CASES[case]
   kwargs = _kwargs(options, batch, q_len, kv_len)
