@@ -11,7 +11,7 @@ LOCK := requirements/lock.txt
 UV := uv==0.13.9
 PYTEST := -m pytest -q -n 2 --dist loadfile --durations=15
 
-.PHONY: install demo demo-full reverse-demo test test-all test-latest lock reproduce bench clean
+.PHONY: install demo demo-full reverse-demo test test-all test-latest lock reproduce bench bench-gpu clean
 
 # A new lock rebuilds the venv from scratch, so nothing the old lock installed stays behind.
 $(STAMP): $(LOCK) setup.cfg pyproject.toml
@@ -75,6 +75,11 @@ reproduce: $(KERNEL)
 bench: $(KERNEL)
 	$(PY) -m pip install --quiet -e ".[bench]" || echo "PyTorch not installed: its column stays empty"
 	$(PY) -m benchmarks.attention
+
+# On a GPU/TPU machine whose venv has the accelerator jaxlib (e.g. pip install "jax[cuda12]==<the
+# lock's jax>"): attention TFLOP/s against jax.nn (and PyTorch) and the LM gpu preset's MFU.
+bench-gpu: $(KERNEL)
+	$(PY) -m benchmarks.accelerator --out runs/accelerator
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock runs *.egg-info

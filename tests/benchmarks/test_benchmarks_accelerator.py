@@ -1,0 +1,33 @@
+"""``benchmarks/accelerator.py`` (the one command for a lent GPU/TPU) runs end to end on any backend
+at tiny sizes and writes its JSON and markdown table; its FLOP counts follow the usual convention."""
+
+import json
+import types
+
+import pytest
+
+from benchmarks import accelerator
+
+
+def test_the_smoke_run_writes_a_table_and_json(tmp_path, capsys):
+  accelerator.main(["--smoke", "--out", str(tmp_path)])
+  result = json.loads((tmp_path / "accelerator.json").read_text())
+  timed = [r for r in result["attention"] if "ms" in r]
+  assert {r["column"] for r in timed} >= {"ours", "jax.nn"}
+  assert {(r["causal"], r["kind"]) for r in timed} == {
+      (c, k) for c in (False, True) for k in ("fwd", "fwd+bwd")}
+  assert all(r["tflops"] > 0 for r in timed)
+  assert result["training"]["tokens_per_s"] > 0 and result["training"]["preset"] == "tiny"
+  table = (tmp_path / "accelerator.md").read_text()
+  assert "| 256 | 1 | causal | ours |" in table and "transformer_lm" in table
+  assert "load average" in capsys.readouterr().out
+
+
+def test_flops_and_peaks():
+  # Forward: two matmuls of 2 * L^2 * D per head; causal half; backward five more (3.5x).
+  assert accelerator.attention_flops(2, 3, 8, 4, False, False) == 4 * 2 * 3 * 64 * 4
+  assert accelerator.attention_flops(2, 3, 8, 4, True, True) == pytest.approx(
+      0.5 * 3.5 * 4 * 2 * 3 * 64 * 4)
+  assert accelerator.peak_tflops(types.SimpleNamespace(device_kind="NVIDIA H200")) == 989.0
+  assert accelerator.peak_tflops(types.SimpleNamespace(device_kind="TPU v5 lite")) == 197.0
+  assert accelerator.peak_tflops(types.SimpleNamespace(device_kind="cpu")) is None
