@@ -1,0 +1,97 @@
+"""Every Transformer experiment's ``gpu`` preset lowers for cuda and tpu from this CPU host: its
+jitted train step (and the LM's decode loop) at the preset's shapes, parameters from
+``jax.eval_shape`` (nothing allocated). A model that stops lowering for an accelerator fails CI the
+day it happens. Within ``ops.accelerators.lowering_platforms("tpu")`` the TPU program carries
+splash attention (``tpu_custom_call``); no program meant for an accelerator carries our CPU
+kernel's custom call."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from attention_jax import training
+from attention_jax.models import transformer
+from attention_jax.ops import accelerators
+from experiments.transformer_lm import config as lm_configs
+from experiments.transformer_lm import train as lm_train
+from experiments.transformer_seq2seq import config as s2s_configs
+from experiments.transformer_seq2seq import train as s2s_train
+
+VOCAB = 96
+CPU_KERNEL = "attention_jax_cpu_flash"
+
+
+def _custom_calls(exported) -> set[str]:
+  return set(re.findall(r"custom_call @([\w$.-]+)", exported.mlir_module()))
+
+
+def _train_step_specs(model, config, inputs_spec, loss_fn):
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), *[
+      jnp.zeros((2,) + s.shape[1:], s.dtype) for s in inputs_spec])["params"])
+  tx, _ = training.make_optimizer(config)
+  state = jax.eval_shape(
+      lambda p: training.create_train_state(p, tx, seed=1, apply_fn=model.apply), params)
+  step = training.make_train_step(loss_fn, jit=False)
+  return jax.jit(step), state, params
+
+
+def _lm():
+  config = lm_configs.get_config("gpu")
+  model = lm_train.make_model(config, VOCAB)
+  shape = (config.batch_size, config.model.context)
+  batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+           "targets": jax.ShapeDtypeStruct(shape, jnp.int32)}
+
+  def loss_fn(params, batch, rng):
+    sums = lm_train.metric_sums(model, params, batch, rng)
+    return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
+
+  step, state, params = _train_step_specs(model, config, [batch["inputs"]], loss_fn)
+  return model, step, state, params, batch
+
+
+def _seq2seq():
+  config = s2s_configs.get_config("gpu")
+  model = s2s_train.make_model(config, VOCAB)
+  src = (config.batch_size, config.data.max_input_len)
+  tgt = (config.batch_size, config.data.max_target_len)
+  batch = {"inputs": jax.ShapeDtypeStruct(src, jnp.int32),
+           "decoder_inputs": jax.ShapeDtypeStruct(tgt, jnp.int32),
+           "targets": jax.ShapeDtypeStruct(tgt, jnp.int32),
+           "input_lengths": jax.ShapeDtypeStruct(src[:1], jnp.int32)}  # padded pairs
+
+  def loss_fn(params, batch, rng):
+    logits = model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
+                         batch["input_lengths"], deterministic=False, rngs={"dropout": rng})
+    sums = training.classification_sums(logits, batch["targets"])
+    return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
+
+  step, state, params = _train_step_specs(
+      model, config, [batch["inputs"], batch["decoder_inputs"]], loss_fn)
+  return model, step, state, params, batch
+
+
+@pytest.mark.parametrize("experiment", [_lm, _seq2seq], ids=["transformer_lm", "transformer_seq2seq"])
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_gpu_preset_train_step_lowers(experiment, platform):
+  _, step, state, _, batch = experiment()
+  exported = export.export(step, platforms=[platform])(state, batch)
+  assert not any(CPU_KERNEL in name for name in _custom_calls(exported))
+  assert len(exported.out_avals) == len(jax.tree.leaves(jax.eval_shape(step, state, batch)))
+
+
+def test_lm_gpu_preset_carries_splash_within_lowering_platforms_and_decodes():
+  with accelerators.lowering_platforms("tpu"):
+    _, step, state, _, batch = _lm()
+    exported = export.export(jax.jit(lambda s, b: step(s, b)), platforms=["tpu"])(state, batch)
+  assert "tpu_custom_call" in _custom_calls(exported)
+  model, _, _, params, _ = _lm()
+  prompt = jax.ShapeDtypeStruct((4, 8), jnp.int32)
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  for platform in ("cuda", "tpu"):
+    decode = export.export(transformer._generate, platforms=[platform])(
+        model, params, prompt, key, 16, 0.0, None, None, -1, 0)
+    assert decode.out_avals[0].shape == (4, 16)
