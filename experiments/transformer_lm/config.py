@@ -80,6 +80,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   if preset == "default":
     pass
   elif preset == "gpu":
+    config.model.dtype = "bfloat16"  # float32 parameters, optimiser state, softmax statistics
     config.model.num_layers = 6
     config.model.features = 384
     config.model.num_heads = 6
