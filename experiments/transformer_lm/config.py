@@ -7,7 +7,8 @@ Presets (``config.py:<preset>``):
   default  ~0.8M parameters on the standard library's Python sources, a 2-core CPU. Expected
            (seed 0, the lock): validation loss 1.233 (1.78 bits per character) against the
            add-one bigram's 2.441 (3.52 bits).
-  gpu      nanoGPT shakespeare-char scale (6 layers x 384).
+  gpu      nanoGPT shakespeare-char scale (6 layers x 384), bf16 computation with float32
+           parameters and optimiser state.
   tiny     seconds; the tests use it.
 
 Every preset trains on the mesh of ``config.mesh`` (default: data parallelism over all devices);
