@@ -8,8 +8,8 @@ we are faster). The implementations take turns call by call, and each row ends w
 load average before and after it: a row begun above half the core count (1.0 on 2 cores) prints
 "load too high" instead of its ratios unless ``--allow-load`` (``benchmarks/load.py``).
 
-"ours" is the default path (``implementation=None``); "flash" and "reference" are our explicit
-implementations, timed beside it.
+"ours" is the default path (``implementation=None``); "flash" (pure JAX), "cpu_flash" (the
+native kernel, where built) and "reference" are our explicit implementations, timed beside it.
 
   python -m benchmarks.attention                       # default lengths 256 1024
   python -m benchmarks.attention --lengths 256 1024 4096 --causal both --out runs/bench.json
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import ops
+from attention_jax.ops import cpu_flash
 from benchmarks import load
 
 try:
@@ -100,6 +101,9 @@ def peers(causal, length):
                                                          implementation="flash"),
       "reference": lambda q, k, v: ops.dot_product_attention(q, k, v, is_causal=causal,
                                                              implementation="reference"),
+      **({"cpu_flash": lambda q, k, v: ops.dot_product_attention(
+          q, k, v, is_causal=causal, implementation="cpu_flash")} if cpu_flash.available()
+         else {}),
       "jax.nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
       "flax.linen": lambda q, k, v: nn.dot_product_attention(q, k, v, mask=mask,
                                                              deterministic=True),
@@ -136,12 +140,15 @@ def run(lengths, causal_options, batch, heads, head_dim, repeats, only=None, gua
   return rows
 
 
+PEERS = ("flash", "cpu_flash", "reference", "jax.nn", "flax.linen", "torch")
+
+
 def print_row(row, guard):
   cells = [f"L={row['length']:<5d} {'causal' if row['causal'] else 'full  '}"]
   for kind in ("fwd", "fwd+bwd"):
     ours = row[f"ours {kind}"]
     parts = [f"{kind}: ours {ours:8.2f} ms"]
-    for peer in ("flash", "reference", "jax.nn", "flax.linen", "torch"):
+    for peer in PEERS:
       if f"{peer} {kind}" in row:
         theirs = row[f"{peer} {kind}"]
         parts.append(f"{peer} {theirs:8.2f} ({guard.ratio(ours, theirs, '{:4.2f}x')})")
@@ -235,7 +242,7 @@ def main():
   parser.add_argument("--head-dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--peers", nargs="+", default=None,
-                      choices=["flash", "reference", "jax.nn", "flax.linen", "torch"],
+                      choices=PEERS,
                       help="time only these beside ours (default: all)")
   parser.add_argument("--out", default=None, help="also write the rows as JSON here")
   parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="LENGTH",

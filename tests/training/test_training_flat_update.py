@@ -35,11 +35,16 @@ def test_flat_update_equals_the_per_parameter_update(optimizer, extra):
     config = _config(optimizer=optimizer, flat_update=flat, grad_clip_norm=0.5,
                      schedule="warmup_cosine", warmup_steps=2, num_steps=10, **extra)
     tx, _ = training.make_optimizer(config)
-    state, p = tx.init(params), params
-    for g in grads:  # three steps: the moments and the clipping both matter
-      updates, state = tx.update(g, state, p)
-      p = optax.apply_updates(p, updates)
-    results.append(p)
+
+    @jax.jit
+    def run(params, grads):
+      state, p = tx.init(params), params
+      for g in grads:  # three steps: the moments and the clipping both matter
+        updates, state = tx.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+      return p
+
+    results.append(run(params, grads))
   for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
