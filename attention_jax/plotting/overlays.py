@@ -25,7 +25,8 @@ def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def plot_attention_overlay(image, attentions, words: Sequence[str], path: str, *,
-                           boxes: Sequence[Sequence[int]] | None = None, title: str = "") -> str:
+                           boxes: Sequence[Sequence[int]] | None = None, title: str = "",
+                           locations: Sequence[tuple[int, int]] | None = None) -> str:
   """The image, then one panel per word with its attention map over the image.
 
   Args:
@@ -35,6 +36,8 @@ def plot_attention_overlay(image, attentions, words: Sequence[str], path: str, *
     path: the PNG to write.
     boxes: optional ``(ymin, xmin, ymax, xmax)`` boxes drawn on the first panel.
     title: figure title.
+    locations: optional ``(row, column)`` grid cell per word, outlined in red on its panel (the
+      location hard attention chose).
   """
   image = np.asarray(image)
   attentions = np.asarray(attentions)
@@ -56,6 +59,12 @@ def plot_attention_overlay(image, attentions, words: Sequence[str], path: str, *
     ax = axes.flat[t + 1]
     ax.imshow(image)
     ax.imshow(upsample(attentions[t], image.shape[:2]), cmap="gray", alpha=0.6, vmin=0, vmax=1)
+    if locations is not None:
+      cell_h = image.shape[0] / attentions.shape[1]
+      cell_w = image.shape[1] / attentions.shape[2]
+      row, col = locations[t]
+      ax.add_patch(plt.Rectangle((col * cell_w - 0.5, row * cell_h - 0.5), cell_w, cell_h,
+                                 fill=False, edgecolor="red", linewidth=1.2))
     ax.set_title(word, fontsize=8)
   if title:
     fig.suptitle(title, fontsize=8)

@@ -319,9 +319,14 @@ def write_figures(workdir: str, config, test, decoded) -> list[str]:
       words = words + ["<eos>"]
     boxes = None if is_catalog else test["boxes"][i, :int(test["num_objects"][i])]
     truth = " ".join(decoded["references"][i][0])
+    locations = title_note = None
+    if config.model.attention == "hard":  # the cell each word read (red square)
+      maps = np.asarray(decoded["maps"][i])
+      locations = [divmod(int(np.argmax(m)), maps.shape[2]) for m in maps[:len(words)]]
+      title_note = "; red: the location hard attention chose"
     paths.append(plotting.plot_attention_overlay(
         images[i], decoded["maps"][i], words, os.path.join(workdir, f"attention_{i}.png"),
-        boxes=boxes, title=f"truth: {truth}"))
+        boxes=boxes, title=f"truth: {truth}{title_note or ''}", locations=locations))
   count = min(config.eval.num_grid, len(decoded["words"]))
   if count:
     paths.append(plotting.plot_caption_grid(

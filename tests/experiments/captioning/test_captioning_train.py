@@ -198,3 +198,32 @@ def test_tiny_hard_scene_run_with_hard_and_no_attention(tmp_path, attention):
     lines = [json.loads(line) for line in f]
   assert ("reward" in lines[0]) == (attention == "hard")
   assert os.path.exists(os.path.join(workdir, "attention_0.png"))
+
+
+def test_overlay_marks_the_location_hard_attention_chose(tmp_path):
+  from attention_jax import plotting
+  maps = np.zeros((2, 12, 12))
+  maps[0, 3, 4] = maps[1, 7, 1] = 1.0
+  path = plotting.plot_attention_overlay(np.zeros((48, 48, 3), np.uint8), maps, ["a", "red"],
+                                         str(tmp_path / "hard.png"), locations=[(3, 4), (7, 1)])
+  assert os.path.getsize(path) > 0
+
+
+def test_summarize_lists_each_run_and_the_mean_and_std(tmp_path):
+  from experiments.captioning import summarize
+  workdirs = []
+  for seed, (bleu, cells) in enumerate([(99.0, 0.6), (98.0, 0.4)]):
+    loc = {"mean_mass_in_box": cells - 0.1, "ratio_to_uniform": 5.0, "mean_cell_mass_in_box": cells,
+           "cell_ratio_to_uniform": 6.0, "pointing_accuracy": 0.7,
+           **{f"mean_cell_mass_in_box_{k}_words": cells for k in ("size", "colour", "shape")}}
+    results = {"config": {"seed": seed, "model": {"attention": "soft"}},
+               "test": {"bleu_4": bleu, "exact_caption_accuracy": 0.9, "decoding": "greedy",
+                        "localisation": loc}}
+    workdir = tmp_path / f"s{seed}"
+    workdir.mkdir()
+    (workdir / "eval.json").write_text(json.dumps(results))
+    workdirs.append(str(workdir))
+  text = summarize.table(workdirs)
+  lines = text.splitlines()
+  assert len(lines) == 5 and lines[2].startswith("| 0 | soft | greedy | 99.00")
+  assert "0.500 +- 0.141" in lines[-1] and "98.50 +- 0.71" in lines[-1]
