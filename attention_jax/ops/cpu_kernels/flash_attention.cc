@@ -518,13 +518,42 @@ void Forward(Pool& pool, const Problem& p, const float* q, const float* k,
 // Backward (FlashAttention-2): per (batch, key head), key blocks outer and query blocks inner, so
 // dK and dV of a block stay in cache; dQ of each head of the group accumulates in a scratch.
 
+#if AJ_AVX2
+// out[8 x 8] = x[8 x 8]^T in registers (unpack / shuffle / permute).
+inline void Transpose8x8(const float* x, int64_t ldx, float* out, int64_t ldo) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(x + i * ldx);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
+// out[cols x rows] = x[rows x cols]^T (the backward's P^T and dS^T).
 void Transpose(const float* x, int64_t ldx, int64_t rows, int64_t cols, float* out,
                int64_t ldo) {
-  constexpr int64_t kTile = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile)
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile)
-      for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
-        for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c) out[c * ldo + r] = x[r * ldx + c];
+  int64_t r0 = 0;
+#if AJ_AVX2
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) Transpose8x8(x + r0 * ldx + c0, ldx, out + c0 * ldo + r0, ldo);
+    for (int64_t r = r0; r < r0 + 8; ++r)
+      for (int64_t c = c0; c < cols; ++c) out[c * ldo + r] = x[r * ldx + c];
+  }
+#endif
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * ldo + r] = x[r * ldx + c];
 }
 
 template <typename Pool>
