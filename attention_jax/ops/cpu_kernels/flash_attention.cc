@@ -63,7 +63,8 @@ struct Scratch {
 
 // ---------------------------------------------------------------------------------------------
 // Micro-kernel: C[M x 16] = (accumulate ? C : 0) + A[M x K] * B[K x 16].
-// A(i, k) = a[i * lda + k]; B(k, j) = b[k * ldb + j] (16 contiguous floats); C(i, j) = c[i * ldc + j].
+// A(i, k) = a[i * lda + k]; B(k, j) = b[k * ldb + j] (16 contiguous floats);
+// C(i, j) = c[i * ldc + j].
 
 #if AJ_AVX2
 // Twelve named accumulators (rows 0..M-1 x two 8-float halves): arrays of __m256 indexed in loops
@@ -556,6 +557,24 @@ void Transpose(const float* x, int64_t ldx, int64_t rows, int64_t cols, float* o
     for (int64_t c = 0; c < cols; ++c) out[c * ldo + r] = x[r * ldx + c];
 }
 
+// dq rows of the group of key head hk = scale * (sum of the `count` partial [group, Lq, D16]).
+void WriteDq(const Problem& p, int64_t b, int64_t hk, const float* const* parts, int64_t count,
+             float* dq) {
+  const int64_t d16 = RoundUp(p.dim, kPanel), group = p.group();
+  for (int64_t g = 0; g < group; ++g) {
+    const int64_t h = hk * group + g;
+    for (int64_t i = 0; i < p.q_len; ++i) {
+      float* dqr = dq + ((b * p.q_len + i) * p.heads + h) * p.dim;
+      const int64_t at = (g * p.q_len + i) * d16;
+      for (int64_t d = 0; d < p.dim; ++d) {
+        float sum = 0.0f;
+        for (int64_t part = 0; part < count; ++part) sum += parts[part][at + d];
+        dqr[d] = sum * p.scale;
+      }
+    }
+  }
+}
+
 template <typename Pool>
 void Backward(Pool& pool, const Problem& p, const float* q, const float* k,
               const float* v, const float* o, const float* lse, const float* d_out,
@@ -568,8 +587,17 @@ void Backward(Pool& pool, const Problem& p, const float* q, const float* k,
   const int64_t num_k = (p.kv_len + bs.block_k - 1) / bs.block_k;
   const int64_t lds = RoundUp(bs.block_k, kPanel), ldt = RoundUp(bs.block_q, kPanel);
   const int64_t group = p.group();
-  ParallelFor(pool, p.batch * p.kv_heads, [&](int64_t bh) {
+  // Fewer (batch, key head) pairs than twice the threads: each pair's key blocks are split into
+  // `splits` ranges too, each with its own partial dQ, summed at the end.
+  const int64_t pairs = p.batch * p.kv_heads;
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t splits = std::clamp<int64_t>((2 * threads + pairs - 1) / pairs, 1, num_k);
+  const int64_t dq_size = group * p.q_len * d16;  // one (batch, key head)'s dQ, padded
+  Scratch partial(splits > 1 ? static_cast<size_t>(pairs * splits * dq_size) : 1);
+  ParallelFor(pool, pairs * splits, [&](int64_t task) {
+    const int64_t bh = task / splits, split = task % splits;
     const int64_t b = bh / p.kv_heads, hk = bh % p.kv_heads;
+    const int64_t kj_begin = num_k * split / splits, kj_end = num_k * (split + 1) / splits;
     const Row row = RowOf(p, b, q_seg, kv_seg, q_lens, kv_lens);
     const float* kb = k + (b * p.kv_len * p.kv_heads + hk) * p.dim;
     const float* vb = v + (b * p.kv_len * p.kv_heads + hk) * p.v_dim;
@@ -578,9 +606,11 @@ void Backward(Pool& pool, const Problem& p, const float* q, const float* k,
     PackTransposed(kb, p.kv_heads * p.dim, p.kv_len, p.dim, kt.get());
     PackTransposed(vb, p.kv_heads * p.v_dim, p.kv_len, p.v_dim, vt.get());
     PackPanels(kb, p.kv_heads * p.dim, p.kv_len, p.dim, kr.get());
-    Scratch qr(group * p.q_len * d16), dor(group * p.q_len * dv16), dqa(group * p.q_len * d16);
+    Scratch qr(group * p.q_len * d16), dor(group * p.q_len * dv16);
+    Scratch own_dq(splits > 1 ? 1 : dq_size);
+    float* dqa = splits > 1 ? partial.get() + task * dq_size : own_dq.get();
     std::vector<float> delta(group * p.q_len);
-    std::fill(dqa.get(), dqa.get() + group * p.q_len * d16, 0.0f);
+    std::fill(dqa, dqa + dq_size, 0.0f);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = hk * group + g;
       PackRows(q + (b * p.q_len * p.heads + h) * p.dim, p.heads * p.dim, p.q_len, p.dim, d16,
@@ -604,7 +634,7 @@ void Backward(Pool& pool, const Problem& p, const float* q, const float* k,
     }
     Scratch s(bs.block_q * lds), tanh_s(p.softcap > 0.0f ? bs.block_q * lds : 1),
         dp(bs.block_q * lds), t(lds * ldt), dka(bs.block_k * d16), dva(bs.block_k * dv16);
-    for (int64_t kj = 0; kj < num_k; ++kj) {
+    for (int64_t kj = kj_begin; kj < kj_end; ++kj) {
       const int64_t block_start = kj * bs.block_k;
       const int64_t block_end = std::min(p.kv_len, block_start + bs.block_k);
       SegmentRange kr_range{};
@@ -663,7 +693,7 @@ void Backward(Pool& pool, const Problem& p, const float* q, const float* k,
           }
           // dQ += dS K;  dK += dS^T Q.
           Gemm(rows, d16, cols, s.get(), lds, kr.get() + j0 * kPanel, kPanel, p.kv_len * kPanel,
-               dqa.get() + (g * p.q_len + i0) * d16, d16, true);
+               dqa + (g * p.q_len + i0) * d16, d16, true);
           Transpose(s.get(), lds, rows, cols, t.get(), ldt);
           Gemm(cols, d16, rows, t.get(), ldt, qi_rows, d16, kPanel, dk_rows, d16, true);
         }
@@ -675,15 +705,18 @@ void Backward(Pool& pool, const Problem& p, const float* q, const float* k,
         for (int64_t d = 0; d < p.v_dim; ++d) dvr[d] = dva.get()[c * dv16 + d];
       }
     }
-    for (int64_t g = 0; g < group; ++g) {
-      const int64_t h = hk * group + g;
-      for (int64_t i = 0; i < p.q_len; ++i) {
-        float* dqr = dq + ((b * p.q_len + i) * p.heads + h) * p.dim;
-        const float* src = dqa.get() + (g * p.q_len + i) * d16;
-        for (int64_t d = 0; d < p.dim; ++d) dqr[d] = src[d] * p.scale;
-      }
+    if (splits == 1) {
+      const float* dqa_const = dqa;
+      WriteDq(p, b, hk, &dqa_const, 1, dq);
     }
   });
+  if (splits > 1)
+    ParallelFor(pool, pairs, [&](int64_t bh) {
+      std::vector<const float*> parts(splits);
+      for (int64_t split = 0; split < splits; ++split)
+        parts[split] = partial.get() + (bh * splits + split) * dq_size;
+      WriteDq(p, bh / p.kv_heads, bh % p.kv_heads, parts.data(), splits, dq);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
