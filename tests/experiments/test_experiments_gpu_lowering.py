@@ -1,4 +1,5 @@
-"""Every Transformer experiment's ``gpu`` preset lowers for cuda and tpu from this CPU host: its
+"""The ``gpu`` presets of the Transformer experiments and of sequence_processing (RNN, CNN,
+attention) lower for cuda and tpu from this CPU host: its
 jitted train step (and the LM's decode loop) at the preset's shapes, parameters from
 ``jax.eval_shape`` (nothing allocated). A model that stops lowering for an accelerator fails CI the
 day it happens. Within ``ops.accelerators.lowering_platforms("tpu")`` the TPU program carries
@@ -17,6 +18,8 @@ from attention_jax.models import transformer
 from attention_jax.ops import accelerators
 from experiments.transformer_lm import config as lm_configs
 from experiments.transformer_lm import train as lm_train
+from experiments.sequence_processing import config as sp_configs
+from experiments.sequence_processing import train as sp_train
 from experiments.transformer_seq2seq import config as s2s_configs
 from experiments.transformer_seq2seq import train as s2s_train
 
@@ -74,10 +77,29 @@ def _seq2seq():
   return model, step, state, params, batch
 
 
-@pytest.mark.parametrize("experiment", [_lm, _seq2seq], ids=["transformer_lm", "transformer_seq2seq"])
+def _sequence_processing(name):
+  def build():
+    config = sp_configs.get_config("gpu")
+    task = sp_train.make_task(config)
+    model = sp_train.make_model(config, name, task)
+    shape = (config.batch_size, config.task.length)
+    batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+             "labels": jax.ShapeDtypeStruct(shape[:1], jnp.int32)}
+    step, state, params = _train_step_specs(model, config, [batch["inputs"]],
+                                            sp_train._loss_fn(model))
+    return model, step, state, params, batch
+  return build
+
+
+EXPERIMENTS = {"transformer_lm": _lm, "transformer_seq2seq": _seq2seq,
+               **{f"sequence_processing_{name}": _sequence_processing(name)
+                  for name in ("rnn", "cnn", "attention")}}
+
+
+@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_gpu_preset_train_step_lowers(experiment, platform):
-  _, step, state, _, batch = experiment()
+  _, step, state, _, batch = EXPERIMENTS[experiment]()
   exported = export.export(step, platforms=[platform])(state, batch)
   assert not any(CPU_KERNEL in name for name in _custom_calls(exported))
   assert len(exported.out_avals) == len(jax.tree.leaves(jax.eval_shape(step, state, batch)))
