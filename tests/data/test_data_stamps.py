@@ -47,9 +47,17 @@ def test_dates_small_fingerprint_is_pinned_and_matches_the_files(dates_dir):
       fingerprint["all"]
 
 
-def test_shapes_small_fingerprint_is_pinned_and_matches_the_files(tmp_path):
-  sources = shapes_captions.load_shapes_captions(None, data_dir=tmp_path, config="small")
-  builder = shapes_captions.shapes_captions_builder(tmp_path, "small")
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+  """shapes_captions/small, prepared once for this file's tests (copied before a change)."""
+  data_dir = tmp_path_factory.mktemp("tfds_shapes")
+  shapes_captions.load_shapes_captions(None, data_dir=data_dir, config="small")
+  return data_dir
+
+
+def test_shapes_small_fingerprint_is_pinned_and_matches_the_files(shapes_dir):
+  sources = shapes_captions.load_shapes_captions(None, data_dir=shapes_dir, config="small")
+  builder = shapes_captions.shapes_captions_builder(shapes_dir, "small")
   fingerprint = _metadata(builder)["fingerprint"]
   assert fingerprint["all"] == SHAPES_SMALL_FINGERPRINT
   assert _metadata(builder)["generated_with"].keys() == {"numpy"}
@@ -100,8 +108,8 @@ def test_a_dataset_stamped_with_another_babel_is_refused_then_rebuilt(dates_dir,
   assert len(dates.load_dates("test", data_dir=data_dir, config="small")) == 500
 
 
-def test_a_dataset_without_a_stamp_is_refused(tmp_path):
-  shapes_captions.load_shapes_captions("test", data_dir=tmp_path, config="small")
+def test_a_dataset_without_a_stamp_is_refused(shapes_dir, tmp_path):
+  shutil.copytree(shapes_dir, tmp_path, dirs_exist_ok=True)
   builder = shapes_captions.shapes_captions_builder(tmp_path, "small")
   (builder.data_path / "metadata.json").unlink()
   with pytest.raises(stamped.DatasetStampError, match="no recorded versions"):
