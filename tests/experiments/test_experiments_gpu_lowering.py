@@ -1,5 +1,5 @@
-"""The ``gpu`` presets of the Transformer experiments and of sequence_processing (RNN, CNN,
-attention) lower for cuda and tpu from this CPU host: its
+"""The ``gpu`` presets of the Transformer experiments, the RNN seq2seq (every attention, and its
+beam-search decoder) and sequence_processing (RNN, CNN, attention) lower for cuda and tpu from this CPU host: its
 jitted train step (and the LM's decode loop) at the preset's shapes, parameters from
 ``jax.eval_shape`` (nothing allocated). A model that stops lowering for an accelerator fails CI the
 day it happens. Within ``ops.accelerators.lowering_platforms("tpu")`` the TPU program carries
@@ -7,6 +7,7 @@ splash attention (``tpu_custom_call``); no program meant for an accelerator carr
 kernel's custom call."""
 
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ from attention_jax.models import transformer
 from attention_jax.ops import accelerators
 from experiments.transformer_lm import config as lm_configs
 from experiments.transformer_lm import train as lm_train
+from attention_jax.tasks import dates_translation
+from experiments.seq2seq import config as rnn_configs
 from experiments.sequence_processing import config as sp_configs
 from experiments.sequence_processing import train as sp_train
 from experiments.transformer_seq2seq import config as s2s_configs
@@ -91,18 +94,57 @@ def _sequence_processing(name):
   return build
 
 
+def _rnn_seq2seq(attention):
+  def build():
+    config = rnn_configs.get_config("gpu")
+    vocab = types.SimpleNamespace(vocab_size=VOCAB)
+    model = dates_translation.make_rnn(config, attention, vocab, vocab)
+    src = (config.batch_size, config.data.max_input_len)
+    tgt = (config.batch_size, config.data.max_target_len)
+    batch = {"inputs": jax.ShapeDtypeStruct(src, jnp.int32),
+             "input_lengths": jax.ShapeDtypeStruct(src[:1], jnp.int32),
+             "decoder_inputs": jax.ShapeDtypeStruct(tgt, jnp.int32),
+             "targets": jax.ShapeDtypeStruct(tgt, jnp.int32)}
+
+    def loss_fn(params, batch, rng):
+      logits, _ = model.apply({"params": params}, batch["inputs"], batch["input_lengths"],
+                              batch["decoder_inputs"], deterministic=False,
+                              rngs={"dropout": rng})
+      sums = training.classification_sums(logits, batch["targets"])
+      return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
+
+    step, state, params = _train_step_specs(
+        model, config, [batch["inputs"], batch["input_lengths"], batch["decoder_inputs"]],
+        loss_fn)
+    return model, step, state, params, batch
+  return build
+
+
 EXPERIMENTS = {"transformer_lm": _lm, "transformer_seq2seq": _seq2seq,
+               **{f"seq2seq_{attention}": _rnn_seq2seq(attention)
+                  for attention in rnn_configs.get_config("gpu").attentions},
                **{f"sequence_processing_{name}": _sequence_processing(name)
                   for name in ("rnn", "cnn", "attention")}}
 
 
 @pytest.mark.parametrize("experiment", list(EXPERIMENTS))
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
-def test_gpu_preset_train_step_lowers(experiment, platform):
+def test_gpu_preset_train_step_lowers(experiment):
   _, step, state, _, batch = EXPERIMENTS[experiment]()
-  exported = export.export(step, platforms=[platform])(state, batch)
+  exported = export.export(step, platforms=["cuda", "tpu"])(state, batch)  # one module, both
+  assert exported.platforms == ("cuda", "tpu")
   assert not any(CPU_KERNEL in name for name in _custom_calls(exported))
   assert len(exported.out_avals) == len(jax.tree.leaves(jax.eval_shape(step, state, batch)))
+
+
+def test_rnn_seq2seq_gpu_preset_beam_search_decoder_lowers():
+  config = rnn_configs.get_config("gpu")
+  model, _, _, params, _ = _rnn_seq2seq("additive")()
+  decode = dates_translation.make_rnn_decoder(model, config.eval.beam_size,
+                                              config.data.max_target_len)
+  src = (config.eval.batch_size, config.data.max_input_len)
+  exported = export.export(decode, platforms=["cuda", "tpu"])(
+      params, jax.ShapeDtypeStruct(src, jnp.int32), jax.ShapeDtypeStruct(src[:1], jnp.int32))
+  assert exported.out_avals[0].shape == (src[0], config.data.max_target_len)
 
 
 def test_lm_gpu_preset_carries_splash_within_lowering_platforms_and_decodes():
@@ -113,7 +155,6 @@ def test_lm_gpu_preset_carries_splash_within_lowering_platforms_and_decodes():
   model, _, _, params, _ = _lm()
   prompt = jax.ShapeDtypeStruct((4, 8), jnp.int32)
   key = jax.eval_shape(lambda: jax.random.key(0))
-  for platform in ("cuda", "tpu"):
-    decode = export.export(transformer._generate, platforms=[platform])(
-        model, params, prompt, key, 16, 0.0, None, None, -1, 0)
-    assert decode.out_avals[0].shape == (4, 16)
+  decode = export.export(transformer._generate, platforms=["cuda", "tpu"])(
+      model, params, prompt, key, 16, 0.0, None, None, -1, 0)
+  assert decode.out_avals[0].shape == (4, 16)
