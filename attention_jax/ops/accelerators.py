@@ -62,15 +62,38 @@ _SPLASH_DTYPES = (jnp.float32, jnp.bfloat16)
 def splash_supports(query, key, value, bias, mask, segment_ids, lengths,
                     spec: AttentionSpec) -> bool:
   """Whether :func:`splash_attention` computes exactly our semantics for these arguments: no
-  bias, dense mask, lengths or dropout; float32/bfloat16; ``v_dim == head_dim``; both lengths
-  multiples of 128."""
-  del segment_ids  # any segment ids are supported
+  bias, dense mask or dropout; float32/bfloat16; ``v_dim == head_dim``; both lengths multiples
+  of 128 (query and key lengths and segment ids are splash segment ids)."""
+  del segment_ids, lengths  # any segment ids and lengths are supported
   q_len, kv_len = query.shape[-3], key.shape[-3]
   return (query.dtype in _SPLASH_DTYPES and key.dtype == query.dtype
           and value.dtype == query.dtype and value.shape[-1] == query.shape[-1]
           and q_len % _SPLASH_LANES == 0 and kv_len % _SPLASH_LANES == 0
-          and bias is None and mask is None and all(x is None for x in lengths)
-          and spec.dropout_rate == 0.0)
+          and bias is None and mask is None and spec.dropout_rate == 0.0)
+
+
+def _segments_with_lengths(segment_ids, lengths, batch, q_len: int, kv_len: int):
+  """Segment ids that also carry the padding of ``lengths``: a valid position keeps its id
+  doubled (even; 0 without segment ids), a padded key gets 1 and a padded query 3, odd ids no
+  position of the other side has, so padding meets nothing. ``None`` if neither is given.
+  (Ids must lie in [-2**30, 2**30) to stay distinct when doubled.)"""
+  q_lens, kv_lens = lengths
+  if q_lens is None and kv_lens is None:
+    return segment_ids
+  if segment_ids is None:
+    q_ids = jnp.zeros((*batch, q_len), jnp.int32)
+    kv_ids = jnp.zeros((*batch, kv_len), jnp.int32)
+  else:
+    q_ids = jnp.broadcast_to(jnp.asarray(segment_ids[0], jnp.int32), (*batch, q_len))
+    kv_ids = jnp.broadcast_to(jnp.asarray(segment_ids[1], jnp.int32), (*batch, kv_len))
+  q_ids, kv_ids = 2 * q_ids, 2 * kv_ids
+  if q_lens is not None:
+    valid = jnp.arange(q_len) < jnp.asarray(q_lens)[..., None]
+    q_ids = jnp.where(valid, q_ids, 3)
+  if kv_lens is not None:
+    valid = jnp.arange(kv_len) < jnp.asarray(kv_lens)[..., None]
+    kv_ids = jnp.where(valid, kv_ids, 1)
+  return q_ids, kv_ids
 
 
 def _splash_module():
@@ -133,7 +156,7 @@ def _rows_seen(spec: AttentionSpec, segment_ids, q_len: int, kv_len: int):
   return jnp.any(same, axis=-1)
 
 
-def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None,
+def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None, lengths=None,
                      interpret: bool = False) -> Array:
   """Our attention through splash attention (see :func:`splash_supports` for what it takes).
 
@@ -145,6 +168,8 @@ def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None
     spec: scale, causal limit, window and soft-cap (:class:`attention_jax.ops.spec.AttentionSpec`).
     segment_ids: ``(query_segment_ids [batch..., q_len], key_value_segment_ids [batch...,
       kv_len])`` int, or ``None``.
+    lengths: ``(query_seq_lengths, key_value_seq_lengths)``, each int ``[batch...]`` or ``None``
+      (as splash segment ids).
     interpret: run the kernel in Pallas interpret mode (any platform; slow, for tests).
 
   Returns:
@@ -153,6 +178,8 @@ def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None
   """
   *batch, q_len, heads, head_dim = query.shape
   kv_len = key.shape[-3]
+  segment_ids = _segments_with_lengths(segment_ids, lengths or (None, None), tuple(batch),
+                                       q_len, kv_len)
   kernel = _kernel(spec.band, q_len, kv_len, heads, spec.softcap, interpret)
   # Splash does not scale; scaling the query before the kernel keeps cap(q . k * scale).
   scaled = query * jnp.asarray(spec.scale, query.dtype)
@@ -188,7 +215,7 @@ def pallas_gpu_supports(query, key, value, bias, mask, segment_ids, lengths,
 
 
 def pallas_gpu_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None,
-                         interpret: bool = False) -> Array:
+                         lengths=None, interpret: bool = False) -> Array:
   """Our attention through JAX's Pallas GPU flash kernel
   (``jax.experimental.pallas.ops.gpu.attention.mha``, Triton: ``__gpu$xla.gpu.triton``); see
   :func:`pallas_gpu_supports` for what it takes.
@@ -208,6 +235,8 @@ def pallas_gpu_attention(query, key, value, *, spec: AttentionSpec, segment_ids=
     so no row is empty.
   """
   from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+  if lengths is not None and any(x is not None for x in lengths):
+    raise ValueError("pallas_gpu_attention takes no query/key lengths")
   *batch, length, heads, head_dim = query.shape
   group = heads // key.shape[-2]
   if group > 1:

@@ -302,9 +302,9 @@ def _pallas_path(name: str, supports, kernel, platform: str, needs: str):
     if not supports(query, key, value, bias, mask, segment_ids, lengths, spec):
       raise ValueError(f"implementation={name!r} needs {needs} (and no return_residual); use "
                        f"implementation=None to pick a supported path")
-    run = lambda interpret: lambda q, k, v, s: kernel(  # noqa: E731
-        q, k, v, spec=spec, segment_ids=s, interpret=interpret)
-    out = jax.lax.platform_dependent(query, key, value, segment_ids,
+    run = lambda interpret: lambda q, k, v, s, n: kernel(  # noqa: E731
+        q, k, v, spec=spec, segment_ids=s, lengths=n, interpret=interpret)
+    out = jax.lax.platform_dependent(query, key, value, segment_ids, lengths,
                                      **{platform: run(False)}, default=run(True))
     return out, None, None
 
@@ -314,7 +314,7 @@ def _pallas_path(name: str, supports, kernel, platform: str, needs: str):
 _splash = _pallas_path(
     "splash", accelerators.splash_supports, accelerators.splash_attention, "tpu",
     "float32/bfloat16 inputs with v_dim == head_dim, q_len and kv_len multiples of 128, and no "
-    "bias, mask, lengths or dropout")
+    "bias, mask or dropout")
 _pallas_gpu = _pallas_path(
     "pallas_gpu", accelerators.pallas_gpu_supports, accelerators.pallas_gpu_attention, "cuda",
     "q_len == kv_len, a multiple of 128, v_dim == head_dim, one set of segment ids for queries "
@@ -444,8 +444,8 @@ def dot_product_attention(
       blockwise with an online softmax and linear memory, skipping the blocks the causal limit or
       the window hide (no dropout, no weights); ``"cudnn"`` is ``jax.nn``'s fused GPU kernel
       (fp16/bf16, no mask/bias/lengths/segments/window); ``"splash"`` is JAX's Pallas TPU splash
-      attention (float32/bf16, lengths multiples of 128, causal/window/segments/soft-cap/GQA, no
-      mask/bias/lengths/dropout/residual; off TPU it runs in Pallas interpret mode, slowly, for
+      attention (float32/bf16, lengths multiples of 128, causal/window/segments/lengths/soft-cap/
+      GQA, no mask/bias/dropout/residual; off TPU it runs in Pallas interpret mode, slowly, for
       tests); ``"pallas_gpu"`` is JAX's Pallas GPU flash kernel (Triton; ``q_len == kv_len``, a
       multiple of 128, causal or not, shared segment ids; interpret mode off GPU; not chosen by
       ``None`` yet: untested on hardware, and its Triton call has no export compatibility
@@ -488,7 +488,7 @@ def dot_product_attention(
                       return_residual)
 
   def run(path, query, key, value, bias, mask, segment_ids, lengths, dropout_rng):
-    if path not in ("cudnn", "splash", "pallas_gpu"):  # these run without masks and lengths
+    if path not in ("cudnn", "pallas_gpu"):  # these run without masks and lengths
       key, value = _hide_unseen_keys(key, value, mask, lengths)
     run_path = functools.partial(_cudnn, platform="cuda") if path == "cudnn" else _PATHS[path]
     out, weights, lse = run_path(query, key, value, bias, mask, segment_ids, lengths, spec,

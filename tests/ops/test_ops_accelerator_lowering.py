@@ -29,7 +29,7 @@ KINDS = {
     "none": ({}, (), True),
     "causal": (dict(is_causal=True), (), True),
     "mask": ({}, (("mask", (B, 1, L, L), jnp.bool_),), False),
-    "kv_lengths": ({}, (("key_value_seq_lengths", (B,), jnp.int32),), False),
+    "kv_lengths": ({}, (("key_value_seq_lengths", (B,), jnp.int32),), True),  # as splash segment ids
     "segments": ({}, (("query_segment_ids", (B, L), jnp.int32),), True),
     "window": (dict(is_causal=True, local_window_size=(32, 0)), (), True),
     "softcap": (dict(softcap=20.0), (), True),

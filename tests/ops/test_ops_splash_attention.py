@@ -77,6 +77,28 @@ def test_packed_self_attention_with_two_batch_axes():
   check(q, k, v, (ids, ids), is_causal=True)
 
 
+def test_lengths_become_segment_ids_with_packed_segments_too():
+  """Query and key lengths (padded batches) run in splash as segment ids: padded keys are
+  unseen, padded queries and a row with no key get zeros; values against float64 NumPy,
+  gradients against the reference path, through the public function."""
+  q, k, v = inputs(8, 128, 256, heads=2, kv_heads=1, batch=(2,))
+  ids_q = np.stack([np.arange(128) // 70, np.zeros(128, int)])
+  ids_kv = np.stack([np.arange(256) // 100, np.zeros(256, int)])
+  kwargs = dict(is_causal=True, query_seq_lengths=jnp.array([100, 128]),
+                key_value_seq_lengths=jnp.array([200, 0]),
+                query_segment_ids=jnp.asarray(ids_q), key_value_segment_ids=jnp.asarray(ids_kv))
+  want, _ = reference_numpy.attention(q, k, v, **kwargs)
+  f = lambda implementation: lambda q, k, v: ops.dot_product_attention(  # noqa: E731
+      q, k, v, implementation=implementation, **kwargs)
+  out, vjp = jax.vjp(f("splash"), q, k, v)
+  np.testing.assert_allclose(out, want, atol=2e-6, rtol=2e-6)
+  assert np.all(np.asarray(out)[0, 100:] == 0) and np.all(np.asarray(out)[1] == 0)
+  cotangent = jnp.asarray(np.random.default_rng(2).normal(size=want.shape), jnp.float32)
+  want_grads = jax.vjp(f("reference"), q, k, v)[1](cotangent)
+  for name, got, expected in zip("qkv", vjp(cotangent), want_grads):
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=2e-5, err_msg=f"d{name}")
+
+
 def test_public_api_explicit_splash_matches_reference():
   q, k, v = inputs(5, 128, 128, heads=2, kv_heads=1)
   np.testing.assert_allclose(
@@ -88,7 +110,6 @@ def test_public_api_explicit_splash_matches_reference():
 @pytest.mark.parametrize("change,kwargs", [
     ("length", {}), ("v_dim", {}), ("float16", {}),
     (None, dict(mask=jnp.ones((128, 128), bool))), (None, dict(bias=jnp.zeros((128, 128)))),
-    (None, dict(key_value_seq_lengths=jnp.array([100]))),
     (None, dict(return_residual=True)),
 ])
 def test_unsupported_arguments_are_refused_by_name(change, kwargs):
@@ -108,7 +129,8 @@ def test_supports_is_what_the_dispatch_needs():
   spec = spec_lib.make_spec(scale=None, head_dim=D, is_causal=True)
   args = (q, k, v, None, None, None, (None, None), spec)
   assert accelerators.splash_supports(*args)
-  assert not accelerators.splash_supports(q, k, v, None, None, None, (None, jnp.array([3])),
-                                          spec)
+  assert accelerators.splash_supports(q, k, v, None, None, None, (None, jnp.array([3])), spec)
+  assert not accelerators.splash_supports(q, k, v, None, jnp.ones((128, 256), bool), None,
+                                          (None, None), spec)
   dropout = spec_lib.make_spec(scale=None, head_dim=D, dropout_rate=0.1)
   assert not accelerators.splash_supports(q, k, v, None, None, None, (None, None), dropout)
