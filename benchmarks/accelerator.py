@@ -218,7 +218,7 @@ def main(argv=None):
   load.add_flag(parser)
   args = parser.parse_args(argv)
   if args.smoke:
-    args.lengths, args.tokens, args.heads, args.head_dim = [128, 256], 256, 2, 32
+    args.lengths, args.tokens, args.heads, args.head_dim = [128], 256, 2, 32
     args.repeats, args.train_preset, args.train_steps = 1, "tiny", 2
   device = jax.devices()[0]
   peak = peak_tflops(device)

@@ -19,7 +19,7 @@ def test_the_smoke_run_writes_a_table_and_json(tmp_path, capsys):
   assert all(r["tflops"] > 0 for r in timed)
   assert result["training"]["tokens_per_s"] > 0 and result["training"]["preset"] == "tiny"
   table = (tmp_path / "accelerator.md").read_text()
-  assert "| 256 | 1 | causal | ours |" in table and "transformer_lm" in table
+  assert "| 128 | 2 | causal | ours |" in table and "transformer_lm" in table
   assert "load average" in capsys.readouterr().out
 
 
