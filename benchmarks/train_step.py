@@ -21,6 +21,7 @@ PyTorch is an optional benchmark dependency: without it only our side is timed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -46,7 +47,7 @@ def jax_side(config, vocab_size, implementation):
   """Returns ``(step(batch), parameter count)``; ``step`` runs one optimiser update."""
   model = transformer_lm.make_model(config, vocab_size)
   if implementation is not None:
-    model = model.clone(config=model.config.replace(implementation=implementation))
+    model = model.clone(config=dataclasses.replace(model.config, implementation=implementation))
   context = config.model.context
   example = jnp.zeros((2, context), jnp.int32)
   params = model.init(jax.random.key(0), example)["params"]
