@@ -1,5 +1,6 @@
 """The ``gpu`` presets of the Transformer experiments, the RNN seq2seq (every attention, and its
-beam-search decoder) and sequence_processing (RNN, CNN, attention) lower for cuda and tpu from this CPU host: its
+beam-search decoder), captioning (soft and no attention) and sequence_processing (RNN, CNN,
+attention) lower for cuda and tpu from this CPU host: its
 jitted train step (and the LM's decode loop) at the preset's shapes, parameters from
 ``jax.eval_shape`` (nothing allocated). A model that stops lowering for an accelerator fails CI the
 day it happens. Within ``ops.accelerators.lowering_platforms("tpu")`` the TPU program carries
@@ -20,6 +21,9 @@ from attention_jax.ops import accelerators
 from experiments.transformer_lm import config as lm_configs
 from experiments.transformer_lm import train as lm_train
 from attention_jax.tasks import dates_translation
+from attention_jax.data import shapes_captions
+from experiments.captioning import config as caption_configs
+from experiments.captioning import train as caption_train
 from experiments.seq2seq import config as rnn_configs
 from experiments.sequence_processing import config as sp_configs
 from experiments.sequence_processing import train as sp_train
@@ -120,7 +124,29 @@ def _rnn_seq2seq(attention):
   return build
 
 
+def _captioning(attention):
+  def build():
+    config = caption_configs.get_config("gpu")
+    config.model.attention = attention
+    model = caption_train.make_model(config)
+    size, length = shapes_captions.IMAGE_SIZE, config.data.max_caption_len
+    batch = {"image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8),
+             "decoder_inputs": jax.ShapeDtypeStruct((config.batch_size, length), jnp.int32),
+             "targets": jax.ShapeDtypeStruct((config.batch_size, length), jnp.int32),
+             "target_mask": jax.ShapeDtypeStruct((config.batch_size, length), jnp.bool_)}
+    penalty = float(config.model.attention_penalty)
+
+    def loss_fn(params, batch, rng):
+      return caption_train.losses(model, params, batch, penalty, deterministic=False, rng=rng)
+
+    step, state, params = _train_step_specs(model, config,
+                                            [batch["image"], batch["decoder_inputs"]], loss_fn)
+    return model, step, state, params, batch
+  return build
+
+
 EXPERIMENTS = {"transformer_lm": _lm, "transformer_seq2seq": _seq2seq,
+               "captioning_soft": _captioning("soft"), "captioning_none": _captioning("none"),
                **{f"seq2seq_{attention}": _rnn_seq2seq(attention)
                   for attention in rnn_configs.get_config("gpu").attentions},
                **{f"sequence_processing_{name}": _sequence_processing(name)
