@@ -39,10 +39,16 @@ def lowering_platforms(*platforms: str):
   function is traced: jit's cache hands a function already traced outside it (same function,
   same argument shapes) its old trace.
 
+  On ``"cuda"`` the default path may pick JAX's Pallas GPU kernel, a Triton call that
+  ``jax.export`` accepts only when told (:func:`export_disabled_checks`); ``jit(...).lower``
+  needs nothing.
+
   Example::
 
-    with ops.accelerators.lowering_platforms("tpu"):
-      exported = jax.export.export(jax.jit(f), platforms=["tpu"])(*specs)
+    with ops.accelerators.lowering_platforms("tpu", "cuda"):
+      exported = jax.export.export(jax.jit(f), platforms=["tpu", "cuda"],
+                                   disabled_checks=ops.accelerators.export_disabled_checks())(
+                                       *specs)
   """
   token = _LOWERING_PLATFORMS.set(tuple(platforms))
   try:
@@ -54,6 +60,18 @@ def lowering_platforms(*platforms: str):
 def requested_lowering_platforms() -> tuple[str, ...]:
   """The platforms of the innermost :func:`lowering_platforms` block (``()`` outside any)."""
   return _LOWERING_PLATFORMS.get()
+
+
+#: The custom call of JAX's Pallas GPU (Triton) kernels.
+TRITON_CALL = "__gpu$xla.gpu.triton"
+
+
+def export_disabled_checks() -> list:
+  """``jax.export``'s ``disabled_checks`` that a cuda export of the default path may need: Triton
+  calls (the Pallas GPU kernel) carry no serialization compatibility guarantee, so an exported
+  program holding one is meant for the jax and jaxlib versions that made it."""
+  from jax import export
+  return [export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
 # Splash tiles the sequence in multiples of the 128 TPU lanes.
 _SPLASH_LANES = 128
 _SPLASH_DTYPES = (jnp.float32, jnp.bfloat16)

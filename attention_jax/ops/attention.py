@@ -17,6 +17,7 @@ makes an inf (``jax.debug_infs(True)`` stays usable).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import Callable
 
@@ -243,6 +244,32 @@ def _cpu_flash(query, key, value, bias, mask, segment_ids, lengths, spec: Attent
   return out, None, lse
 
 
+_BLOCKWISE_NOTED: set[str] = set()
+
+
+def _note_blockwise_on_accelerator(platform: str, query, key, value, bias, mask, segment_ids,
+                                   lengths, spec: AttentionSpec, return_residual: bool) -> None:
+  """Logs once per kind of call that no fused kernel of ``platform`` computes it, so the pure-JAX
+  blockwise loop (several XLA kernels per block step) runs there."""
+  options = [name for name, present in (
+      ("bias", bias is not None), ("dense mask", mask is not None),
+      ("query lengths", lengths[0] is not None), ("key/value lengths", lengths[1] is not None),
+      ("segment ids", segment_ids is not None), ("causal", spec.is_causal),
+      ("local window", spec.window is not None), ("soft-cap", spec.softcap is not None),
+      ("return_residual", return_residual)) if present]
+  call = (f"query {query.dtype}{list(query.shape)}, key {list(key.shape)}, value "
+          f"{list(value.shape)}, {', '.join(options) or 'no options'}")
+  if call in _BLOCKWISE_NOTED:
+    return
+  _BLOCKWISE_NOTED.add(call)
+  kernels = {"cuda": "cuDNN or the Pallas GPU flash kernel (ops.accelerators)",
+             "tpu": "splash attention (ops.accelerators)"}.get(platform, "a fused kernel")
+  logging.getLogger(__name__).warning(
+      "dot_product_attention on %s: %s does not take this call (%s); it runs the pure-JAX "
+      "blockwise loop instead, which is slower there. The dispatch table is in the README.",
+      platform, kernels, call)
+
+
 def _logit_bytes(query, key) -> int:
   return math.prod(query.shape[:-3]) * query.shape[-2] * query.shape[-3] * key.shape[-3] * 4
 
@@ -343,6 +370,16 @@ _FLASH_MIN_LOGIT_BYTES = 256 * 2**20
 _CPU_FLASH_MIN_LOGITS = 128 * 128
 
 
+def _default_platform() -> str:
+  """The default backend as a lowering platform name: ``"cpu"``, ``"cuda"``, ``"rocm"``,
+  ``"tpu"`` (``jax.default_backend()`` says ``"gpu"`` for both CUDA and ROCm)."""
+  backend = jax.default_backend()
+  if backend != "gpu":
+    return backend
+  version = getattr(jax.devices()[0].client, "platform_version", "").lower()
+  return "rocm" if "rocm" in version else "cuda"
+
+
 def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids, lengths,
                  return_weights: bool, return_residual: bool = False,
                  platform: str | None = None) -> str:
@@ -350,11 +387,12 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
   ``None``: the default backend)."""
   implementation = spec.implementation
   if implementation is None:
+    platform = platform or _default_platform()
     if return_weights or spec.dropout_rate > 0.0:
       return "reference"
     if _cudnn_supports(query, key, value, bias, mask, segment_ids, lengths, spec, platform):
       return "cudnn"
-    if ((platform or jax.default_backend()) == "tpu" and not return_residual
+    if (platform == "tpu" and not return_residual
         and accelerators.splash_supports(query, key, value, bias, mask, segment_ids, lengths,
                                          spec)):
       return "splash"
@@ -362,7 +400,7 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
     logit_bytes = _logit_bytes(query, key)
     # Not within lowering_platforms (programs meant for export): the kernel's custom call has no
     # export compatibility guarantee and exists only where this package is installed.
-    if ((platform or jax.default_backend()) == "cpu"
+    if (platform == "cpu"
         and not accelerators.requested_lowering_platforms()
         and cpu_flash.supports(query, key, value, bias, mask, segment_ids, lengths, spec)
         and (logits_per_head >= _CPU_FLASH_MIN_LOGITS
@@ -371,6 +409,12 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
     if (logits_per_head >= _FLASH_MIN_LOGITS
         or (spec.restricts_positions and logits_per_head >= _FLASH_MIN_CAUSAL_LOGITS)
         or logit_bytes >= _FLASH_MIN_LOGIT_BYTES):
+      # On a GPU, where cuDNN does not apply (float32, packed sequences), JAX's Pallas flash
+      # kernel; short sequences stay on the reference, which XLA fuses.
+      if (platform == "cuda" and not return_residual
+          and accelerators.pallas_gpu_supports(query, key, value, bias, mask, segment_ids,
+                                               lengths, spec)):
+        return "pallas_gpu"
       return "flash"
     return "reference"
   if return_weights and implementation != "reference":
@@ -433,23 +477,29 @@ def dot_product_attention(
     local_window_size: ``(left, right)`` or an int ``w`` for ``(w, w)``: query ``i`` attends to
       keys ``i' - left <= j <= i' + right`` with ``i' = i + kv_len - q_len`` (sliding-window
       attention, Mistral / Gemma 2; with ``is_causal`` only the left bound matters).
-    implementation: ``None`` picks the fastest path that supports the arguments: ``"cudnn"``
-      where it applies (GPU), ``"splash"`` where it applies (TPU; from a CPU host also in
-      lowerings for TPU traced within :func:`attention_jax.ops.accelerators.lowering_platforms`,
-      e.g. for ``jax.export(platforms=["tpu"])``), else ``"flash"`` from
-      ``q_len * kv_len >= 1024**2`` (``256**2`` if causal or windowed) or where the reference's
-      ``[L, L]`` arrays get large (over 256 MiB of logits),
-      otherwise ``"reference"`` (also whenever weights or dropout are requested).
+    implementation: ``None`` picks the fastest path that supports the arguments, per platform
+      (the table is in the README): ``"cudnn"`` where it applies (CUDA GPU), ``"splash"`` where
+      it applies (TPU), ``"cpu_flash"`` on a CPU from ``q_len * kv_len >= 128**2`` where it
+      applies; otherwise from ``q_len * kv_len >= 1024**2`` (``256**2`` if causal or windowed)
+      or where the reference's ``[L, L]`` arrays get large (over 256 MiB of logits)
+      ``"pallas_gpu"`` on a CUDA GPU where it applies and ``"flash"`` elsewhere (logged once per
+      kind of call on an accelerator), and ``"reference"`` below that (also whenever weights or
+      dropout are requested). Traced on a CPU host within
+      :func:`attention_jax.ops.accelerators.lowering_platforms`, the program also carries the
+      choice for each of those platforms, e.g. for ``jax.export(platforms=["tpu"])``.
       ``"reference"`` (jax.nn's ``"xla"`` is the same) materialises the weights; ``"flash"`` is
       blockwise with an online softmax and linear memory, skipping the blocks the causal limit or
-      the window hide (no dropout, no weights); ``"cudnn"`` is ``jax.nn``'s fused GPU kernel
-      (fp16/bf16, no mask/bias/lengths/segments/window); ``"splash"`` is JAX's Pallas TPU splash
-      attention (float32/bf16, lengths multiples of 128, causal/window/segments/lengths/soft-cap/
-      GQA, no mask/bias/dropout/residual; off TPU it runs in Pallas interpret mode, slowly, for
-      tests); ``"pallas_gpu"`` is JAX's Pallas GPU flash kernel (Triton; ``q_len == kv_len``, a
-      multiple of 128, causal or not, shared segment ids; interpret mode off GPU; not chosen by
-      ``None`` yet: untested on hardware, and its Triton call has no export compatibility
-      guarantee). All paths are tested against ``"reference"`` and a float64 NumPy version.
+      the window hide (no dropout, no weights); ``"cpu_flash"`` is our native C++ kernel
+      (float32, no bias/mask/dropout; :mod:`attention_jax.ops.cpu_flash`); ``"cudnn"`` is
+      ``jax.nn``'s fused GPU kernel (fp16/bf16, no mask/bias/lengths/segments/window);
+      ``"splash"`` is JAX's Pallas TPU splash attention (float32/bf16, lengths multiples of 128,
+      causal/window/segments/lengths/soft-cap/GQA, no mask/bias/dropout/residual; off TPU it runs
+      in Pallas interpret mode, slowly, for tests); ``"pallas_gpu"`` is JAX's Pallas GPU flash
+      kernel (Triton; ``q_len == kv_len``, a multiple of 128, causal or not, shared segment ids,
+      no lengths/window/soft-cap/residual; interpret mode off GPU; its Triton call has no export
+      compatibility guarantee, see
+      :func:`attention_jax.ops.accelerators.export_disabled_checks`). All paths are tested
+      against ``"reference"`` and a float64 NumPy version.
     return_residual: also return the log-sum-exp of each query's logits ``[batch..., q_len,
       heads]`` (jax.nn's layout; float32, without gradient; ``EMPTY_ROW_LSE`` for a query that
       sees no key), which is what combining attention over chunks of keys needs.
@@ -488,6 +538,8 @@ def dot_product_attention(
                       return_residual)
 
   def run(path, query, key, value, bias, mask, segment_ids, lengths, dropout_rng):
+    if segment_ids is not None and segment_ids[1] is None:
+      segment_ids = (segment_ids[0], segment_ids[0])
     if path not in ("cudnn", "pallas_gpu"):  # these run without masks and lengths
       key, value = _hide_unseen_keys(key, value, mask, lengths)
     run_path = functools.partial(_cudnn, platform="cuda") if path == "cudnn" else _PATHS[path]
@@ -496,19 +548,30 @@ def dot_product_attention(
     # Only what was asked for, so that every platform's branch returns the same structure.
     return out, weights if return_weights else None, lse if return_residual else None
 
-  args = (query, key, value, bias, mask, segment_ids, lengths, dropout_rng)
+  # One array for both sides stays one (Pallas GPU takes only that) through platform_dependent,
+  # which would otherwise hand each branch two tracers.
+  shared = segment_ids is not None and segment_ids[0] is segment_ids[1]
+  args = (query, key, value, bias, mask, (segment_ids[0], None) if shared else segment_ids,
+          lengths, dropout_rng)
   per_platform = {}
   targets = accelerators.requested_lowering_platforms()
   if spec.implementation is None and targets and jax.default_backend() == "cpu":
     # Lowered for an accelerator (jax.export, AOT): the fused kernel of that platform where it
     # supports the call. The CPU branch is the path chosen above; the others are traced but only
     # the lowering platform's branch reaches the compiler.
-    candidates = [p for p in ("cuda", "tpu")
-                  if p in targets and (p != "cuda" or _cudnn_traceable())]
-    per_platform = {
-        platform: other for platform in candidates
-        if (other := _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths,
-                                  return_weights, return_residual, platform)) != path}
+    for platform in (p for p in ("cuda", "tpu") if p in targets):
+      other = _choose_path(spec, query, key, value, bias, mask, segment_ids, lengths,
+                           return_weights, return_residual, platform)
+      # jax.nn's cuDNN path asks the installed cuDNN for its version while tracing: a host
+      # without one cannot lower it, so such calls keep the CPU branch's path there.
+      if other != path and (other != "cudnn" or _cudnn_traceable()):
+        per_platform[platform] = other
+      if other == "flash":
+        _note_blockwise_on_accelerator(platform, query, key, value, bias, mask, segment_ids,
+                                       lengths, spec, return_residual)
+  elif path == "flash" and spec.implementation is None and _default_platform() != "cpu":
+    _note_blockwise_on_accelerator(_default_platform(), query, key, value, bias, mask,
+                                   segment_ids, lengths, spec, return_residual)
   if per_platform:
     branches = {platform: functools.partial(run, other)
                 for platform, other in per_platform.items()}

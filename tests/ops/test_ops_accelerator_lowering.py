@@ -6,9 +6,12 @@ What lowers to what, from this CPU host, traced within accelerators.lowering_pla
 dispatch table of docs/performance.md):
   tpu:  splash attention (Mosaic ``tpu_custom_call``) for none, causal, segments, window,
         soft-cap; a dense mask or lengths take the pure-JAX paths (no custom call).
-  cuda: no custom call: jax.nn's cuDNN path asks the installed cuDNN for its version while
-        tracing, so it can only be lowered on a host with cuDNN (there bf16/fp16 none/causal
-        lower to ``__cudnn$fmha...``); the pure-JAX paths otherwise.
+  cuda: from the flash thresholds on (1024^2 logits, 256^2 causal), JAX's Pallas GPU kernel
+        (Triton, ``__gpu$xla.gpu.triton``) for none, causal and segments; a dense mask, lengths,
+        window or soft-cap take the pure-JAX paths. bf16/fp16 none/causal would take cuDNN
+        (``__cudnn$fmha...``), but jax.nn's cuDNN path asks the installed cuDNN for its version
+        while tracing, so from a host without one those keep the CPU branch's path. Short
+        sequences: the reference (no custom call).
 """
 
 import re
@@ -58,7 +61,8 @@ def exported(kind: str, platform: str, gradient: bool, dtype=jnp.float32, length
 
   fn = gradient_fn if gradient else forward
   with accelerators.lowering_platforms(platform):
-    return export.export(jax.jit(fn), platforms=[platform])(*specs)
+    return export.export(jax.jit(fn), platforms=[platform],
+                         disabled_checks=accelerators.export_disabled_checks())(*specs)
 
 
 @pytest.mark.parametrize("gradient", [False, True], ids=["fwd", "grad"])
@@ -83,6 +87,16 @@ def test_cuda_lowering(kind, gradient):
     assert any(c.startswith("__cudnn$fmha") for c in calls), calls
   else:
     # No fused GPU kernel is reachable from a host without cuDNN; nor a TPU kernel, ever.
+    assert not calls, calls
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_cuda_lowering_of_long_float32_sequences(kind):
+  exp = exported(kind, "cuda", gradient=True, dtype=jnp.float32, length=1024)
+  calls = custom_calls(exp.mlir_module())
+  if kind in ("none", "causal", "segments"):
+    assert calls == {accelerators.TRITON_CALL}, calls
+  else:
     assert not calls, calls
 
 

@@ -13,6 +13,7 @@ from jax import export
 import reference_numpy
 from attention_jax import ops
 from attention_jax.ops import accelerators
+from attention_jax.ops import attention
 from attention_jax.ops import spec as spec_lib
 
 L, D = 128, 32
@@ -84,3 +85,55 @@ def test_cuda_lowering_is_a_triton_call(gradient):
                       disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)])(
                           spec, kv, kv)
   assert triton in set(re.findall(r"custom_call @([\w$.-]+)", exp.mlir_module()))
+
+
+# The default path on a CUDA GPU, simulated on this CPU host: `_default_platform` is what
+# dot_product_attention asks, and the kernel itself runs in interpret mode here.
+
+def _dispatch(monkeypatch, platform, length, dtype=jnp.float32, **kwargs):
+  monkeypatch.setattr(attention, "_default_platform", lambda: platform)
+  q, k, v = (x.astype(dtype) for x in reference_numpy.random_qkv(4, length, length, 2, 1, D))
+  spec = spec_lib.make_spec(scale=None, head_dim=D, is_causal=kwargs.get("is_causal", False),
+                            local_window_size=kwargs.get("local_window_size"))
+  ids = kwargs.get("query_segment_ids")
+  return attention._choose_path(spec, q, k, v, None, None,
+                                None if ids is None else (ids, ids), (None, None), False)
+
+
+@pytest.mark.parametrize("platform, length, dtype, kwargs, path", [
+    ("cuda", 256, jnp.float32, dict(is_causal=True), "pallas_gpu"),
+    ("cuda", 1024, jnp.float32, dict(query_segment_ids=jnp.zeros((1, 1024), jnp.int32)),
+     "pallas_gpu"),
+    ("cuda", 256, jnp.bfloat16, dict(is_causal=True), "cudnn"),
+    ("cuda", 128, jnp.float32, dict(is_causal=True), "reference"),  # short: XLA's fused reference
+    ("cuda", 256, jnp.float32, dict(is_causal=True, local_window_size=(64, 0)), "flash"),
+    ("rocm", 256, jnp.float32, dict(is_causal=True), "flash"),  # Triton-on-ROCm is not ours
+    ("rocm", 256, jnp.bfloat16, dict(is_causal=True), "flash"),  # nor cuDNN
+], ids=["fp32-causal", "fp32-segments", "bf16-cudnn", "short", "window", "rocm", "rocm-bf16"])
+def test_default_path_on_a_gpu(monkeypatch, platform, length, dtype, kwargs, path):
+  assert _dispatch(monkeypatch, platform, length, dtype, **kwargs) == path
+
+
+def test_default_path_on_cuda_runs_the_pallas_kernel_with_our_values(monkeypatch):
+  monkeypatch.setattr(attention, "_default_platform", lambda: "cuda")
+  q, k, v = reference_numpy.random_qkv(5, 256, 256, 2, 1, D)
+  fn = lambda q, k, v: ops.dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+  assert "pallas_call" in str(jax.make_jaxpr(fn)(q, k, v))
+  want, _ = reference_numpy.attention(q, k, v, is_causal=True)
+  np.testing.assert_allclose(fn(q, k, v), want, atol=2e-6, rtol=2e-6)
+
+
+def test_blockwise_on_an_accelerator_is_logged_once_per_kind_of_call(monkeypatch, caplog):
+  monkeypatch.setattr(attention, "_default_platform", lambda: "cuda")
+  monkeypatch.setattr(attention, "_BLOCKWISE_NOTED", set())
+  q, k, v = reference_numpy.random_qkv(6, 256, 256, 2, 1, D)
+  window = lambda q: ops.dot_product_attention(  # noqa: E731
+      q, k, v, is_causal=True, local_window_size=(64, 0))
+  with caplog.at_level("WARNING", logger=attention.__name__):
+    jax.eval_shape(window, q)
+    jax.eval_shape(window, q + 1)
+    jax.eval_shape(lambda q: ops.dot_product_attention(q, k, v, is_causal=True), q)  # Pallas
+  notes = [r.getMessage() for r in caplog.records]
+  assert len(notes) == 1, notes
+  assert notes[0].startswith("dot_product_attention on cuda: cuDNN or the Pallas GPU flash")
+  assert "causal, local window" in notes[0] and "float32[1, 256, 2, 32]" in notes[0]
