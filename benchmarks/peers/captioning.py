@@ -98,10 +98,13 @@ def torch_model(config, vocab=VOCAB):
   m = config.model
   unsupported = {"attention": m.attention != "soft", "coverage": m.coverage,
                  "coordinates": m.coordinates, "dropout_rate": m.dropout_rate,
-                 "init_dropout_rate": m.init_dropout_rate}
+                 "init_dropout_rate": m.init_dropout_rate,
+                 "context_pool": m.get("context_pool", 0),
+                 "continuity_weight": m.get("continuity_weight", 0.0)}
   if any(unsupported.values()):
-    raise ValueError(f"the PyTorch peer has soft attention, no coverage, no CoordConv input and "
-                     f"no dropout; config.model has {m}")
+    fields = ", ".join(f"model.{k}" for k, v in unsupported.items() if v)
+    raise ValueError(f"the PyTorch peer has soft attention without coverage, CoordConv input, "
+                     f"context pooling, the continuity penalty or dropout; not {fields}")
   size = configs.image_size(config)
 
   class Captioner(nn.Module):

@@ -33,3 +33,22 @@ def test_the_benchmark_scripts_run(module, argv, expect, monkeypatch, capsys):
   module.main()
   out = capsys.readouterr().out
   assert expect in out and "load average" in out
+
+
+@pytest.mark.parametrize("experiment", ["seq2seq", "captioning"])
+def test_train_step_runs_each_experiment_on_our_side_alone(experiment, monkeypatch, capsys,
+                                                            tmp_path):
+  """``--experiment`` without PyTorch (as where it is not installed): the experiment's own step,
+  its parameter count, examples/s and the JSON."""
+  import json
+  out = tmp_path / "result.json"
+  monkeypatch.setattr(train_step, "torch", None)
+  monkeypatch.setattr(sys, "argv", ["train_step", "--experiment", experiment, "--preset", "tiny",
+                                    "--rounds", "1", "--steps", "1", "--out", str(out)])
+  train_step.main()
+  printed = capsys.readouterr().out
+  assert f"{experiment} preset 'tiny'" in printed and "examples/s" in printed
+  assert "torch" not in printed.split("parameters:")[1].split("\n")[0]
+  result = json.loads(out.read_text())
+  assert result["experiment"] == experiment and result["parameters"]["ours"] > 0
+  assert result["ours examples/s"] > 0 and "ratio ours/torch" not in result
