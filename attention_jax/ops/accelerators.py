@@ -80,12 +80,13 @@ _SPLASH_DTYPES = (jnp.float32, jnp.bfloat16)
 def splash_supports(query, key, value, bias, mask, segment_ids, lengths,
                     spec: AttentionSpec) -> bool:
   """Whether :func:`splash_attention` computes exactly our semantics for these arguments: no
-  bias, dense mask or dropout; float32/bfloat16; ``v_dim == head_dim``; both lengths multiples
-  of 128 (query and key lengths and segment ids are splash segment ids)."""
+  bias, dense mask or dropout; float32/bfloat16; both lengths multiples of 128 (query and key
+  lengths and segment ids are splash segment ids; unequal ``head_dim`` and ``v_dim`` are padded
+  with zeros to the larger)."""
   del segment_ids, lengths  # any segment ids and lengths are supported
   q_len, kv_len = query.shape[-3], key.shape[-3]
   return (query.dtype in _SPLASH_DTYPES and key.dtype == query.dtype
-          and value.dtype == query.dtype and value.shape[-1] == query.shape[-1]
+          and value.dtype == query.dtype
           and q_len % _SPLASH_LANES == 0 and kv_len % _SPLASH_LANES == 0
           and bias is None and mask is None and spec.dropout_rate == 0.0)
 
@@ -112,6 +113,19 @@ def _segments_with_lengths(segment_ids, lengths, batch, q_len: int, kv_len: int)
     valid = jnp.arange(kv_len) < jnp.asarray(kv_lens)[..., None]
     kv_ids = jnp.where(valid, kv_ids, 1)
   return q_ids, kv_ids
+
+
+def _equal_head_dims(query, key, value):
+  """``(query, key, value)`` with ``head_dim`` and ``v_dim`` padded with zeros to the larger (the
+  kernels take one head size): zero features add nothing to ``q . k``, and zero value features
+  give output columns that are sliced off, so the result and its gradients are exact."""
+  head_dim, v_dim = query.shape[-1], value.shape[-1]
+  pad = lambda x, to: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, to - x.shape[-1])])  # noqa: E731
+  if head_dim < v_dim:
+    return pad(query, v_dim), pad(key, v_dim), value
+  if v_dim < head_dim:
+    return query, key, pad(value, head_dim)
+  return query, key, value
 
 
 def _splash_module():
@@ -202,7 +216,9 @@ def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None
   # Splash does not scale; scaling the query before the kernel keeps cap(q . k * scale).
   scaled = query * jnp.asarray(spec.scale, query.dtype)
   to_heads_major = lambda x: jnp.swapaxes(x.reshape(-1, *x.shape[-3:]), -2, -3)
-  q, k, v = (to_heads_major(x) for x in (scaled, key, value))  # [batch, heads, len, dim]
+  v_dim = value.shape[-1]
+  q, k, v = (to_heads_major(x)  # [batch, heads, len, dim]
+             for x in _equal_head_dims(scaled, key, value))
   if segment_ids is None:
     out = jax.vmap(kernel)(q, k, v)
   else:
@@ -211,7 +227,7 @@ def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None
     out = jax.vmap(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=segments(qs, ks)))(
         q, k, v, jnp.broadcast_to(q_seg, (q.shape[0], q_len)),
         jnp.broadcast_to(kv_seg, (q.shape[0], kv_len)))
-  out = jnp.swapaxes(out, -2, -3).reshape(*batch, q_len, heads, value.shape[-1])
+  out = jnp.swapaxes(out, -2, -3)[..., :v_dim].reshape(*batch, q_len, heads, v_dim)
   seen = _rows_seen(spec, segment_ids, q_len, kv_len)
   if seen is not None:
     out = jnp.where(seen[..., :, None, None], out, jnp.zeros((), out.dtype))
@@ -221,11 +237,11 @@ def splash_attention(query, key, value, *, spec: AttentionSpec, segment_ids=None
 def pallas_gpu_supports(query, key, value, bias, mask, segment_ids, lengths,
                         spec: AttentionSpec) -> bool:
   """Whether :func:`pallas_gpu_attention` computes exactly our semantics: self-attention shapes
-  (``q_len == kv_len``, a multiple of 128), ``v_dim == head_dim``, causal or not, one set of
+  (``q_len == kv_len``, a multiple of 128), causal or not, one set of
   segment ids for queries and keys; no window, soft-cap, bias, mask, lengths or dropout."""
   q_len, kv_len = query.shape[-3], key.shape[-3]
   return (query.dtype in (jnp.float32, jnp.bfloat16, jnp.float16) and key.dtype == query.dtype
-          and value.dtype == query.dtype and value.shape[-1] == query.shape[-1]
+          and value.dtype == query.dtype
           and q_len == kv_len and q_len % _SPLASH_LANES == 0
           and (segment_ids is None or segment_ids[0] is segment_ids[1])
           and bias is None and mask is None and all(x is None for x in lengths)
@@ -255,15 +271,17 @@ def pallas_gpu_attention(query, key, value, *, spec: AttentionSpec, segment_ids=
   from jax.experimental.pallas.ops.gpu import attention as gpu_attention
   if lengths is not None and any(x is not None for x in lengths):
     raise ValueError("pallas_gpu_attention takes no query/key lengths")
-  *batch, length, heads, head_dim = query.shape
+  *batch, length, heads, _ = query.shape
+  v_dim = value.shape[-1]
   group = heads // key.shape[-2]
   if group > 1:
     key, value = (jnp.repeat(x, group, axis=-2) for x in (key, value))
-  q, k, v = (x.reshape(-1, length, heads, head_dim) for x in (query, key, value))
+  q, k, v = (x.reshape(-1, length, heads, x.shape[-1])
+             for x in _equal_head_dims(query, key, value))
   ids = None
   if segment_ids is not None:
     ids = jnp.broadcast_to(segment_ids[0].reshape(-1, length).astype(jnp.int32),
                            (q.shape[0], length))
   out = gpu_attention.mha(q, k, v, ids, sm_scale=spec.scale, causal=spec.is_causal,
                           interpret=interpret)
-  return out.reshape(*batch, length, heads, head_dim).astype(query.dtype)
+  return out[..., :v_dim].reshape(*batch, length, heads, v_dim).astype(query.dtype)

@@ -340,11 +340,11 @@ def _pallas_path(name: str, supports, kernel, platform: str, needs: str):
 
 _splash = _pallas_path(
     "splash", accelerators.splash_supports, accelerators.splash_attention, "tpu",
-    "float32/bfloat16 inputs with v_dim == head_dim, q_len and kv_len multiples of 128, and no "
+    "float32/bfloat16 inputs, q_len and kv_len multiples of 128, and no "
     "bias, mask or dropout")
 _pallas_gpu = _pallas_path(
     "pallas_gpu", accelerators.pallas_gpu_supports, accelerators.pallas_gpu_attention, "cuda",
-    "q_len == kv_len, a multiple of 128, v_dim == head_dim, one set of segment ids for queries "
+    "q_len == kv_len, a multiple of 128, one set of segment ids for queries "
     "and keys, and no window, soft-cap, bias, mask, lengths or dropout")
 
 

@@ -9,6 +9,9 @@ Presets (``config.py:<preset>``):
            self-attention (learned gamma 0.21); which run leaves the chance plateau first
            decides the margin, so it moves between environments (88.6% earlier).
   cifar10  TFDS cifar10 (internet to prepare).
+  gpu      shape pairs at 64x64 with self-attention over a 32x32 grid (1,024 positions, where
+           the default path takes JAX's fused kernels: Pallas on a GPU, splash on a TPU), wider
+           and longer (GPU/TPU; lowered for both in CI, not yet run on one).
   tiny     seconds; the tests use it.
 """
 
@@ -76,8 +79,17 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.eval.queries = ((1, 1), (4, 4), (6, 2))
     config.batch_size = 128
     config.num_steps = 10_000
+  elif preset == "gpu":
+    config.data.image_size = 64
+    config.model.channels = (64, 128, 256)
+    config.model.attention_after = 1  # after one conv and pooling: a 32x32 grid
+    config.eval.num_examples = 10_000
+    config.batch_size = 256
+    config.num_steps = 10_000
+    config.checkpoint_every = 1000
   else:
-    raise ValueError(f"unknown cnn_self_attention preset {preset!r}; valid: default, tiny, cifar10")
+    raise ValueError(f"unknown cnn_self_attention preset {preset!r}; valid: default, tiny, "
+                     f"cifar10, gpu")
   return config
 
 

@@ -24,6 +24,8 @@ from attention_jax.tasks import dates_translation
 from attention_jax.data import shapes_captions
 from experiments.captioning import config as caption_configs
 from experiments.captioning import train as caption_train
+from experiments.cnn_self_attention import config as cnn_configs
+from experiments.cnn_self_attention import train as cnn_train
 from experiments.seq2seq import config as rnn_configs
 from experiments.sequence_processing import config as sp_configs
 from experiments.sequence_processing import train as sp_train
@@ -145,7 +147,18 @@ def _captioning(attention):
   return build
 
 
-EXPERIMENTS = {"transformer_lm": _lm, "transformer_seq2seq": _seq2seq,
+def _cnn_self_attention():
+  config = cnn_configs.get_config("gpu")
+  model = cnn_train.make_model(config, "cnn_attention", num_classes=2)
+  size = config.data.image_size
+  batch = {"images": jax.ShapeDtypeStruct((config.batch_size, size, size, 1), jnp.float32),
+           "labels": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+  step, state, params = _train_step_specs(model, config, [batch["images"]],
+                                          cnn_train._loss_fn(model))
+  return model, step, state, params, batch
+
+
+EXPERIMENTS = {"transformer_lm": _lm, "cnn_self_attention": _cnn_self_attention, "transformer_seq2seq": _seq2seq,
                "captioning_soft": _captioning("soft"), "captioning_none": _captioning("none"),
                **{f"seq2seq_{attention}": _rnn_seq2seq(attention)
                   for attention in rnn_configs.get_config("gpu").attentions},
@@ -162,6 +175,20 @@ def test_gpu_preset_train_step_lowers(experiment):
   assert len(exported.out_avals) == len(jax.tree.leaves(jax.eval_shape(step, state, batch)))
 
 
+def test_cnn_self_attention_gpu_preset_carries_the_fused_kernels_within_lowering_platforms():
+  """Self-attention over the 32x32 grid (1,024 positions, 8 query/key and 64 value features):
+  Pallas' Triton kernel for cuda, splash for tpu, from one trace. One module per platform: a
+  module lowered for several platforms at once lowers every Pallas kernel for each of them and
+  fails (jax-ml/jax#28594)."""
+  with accelerators.lowering_platforms("cuda", "tpu"):
+    _, train_step, state, _, batch = _cnn_self_attention()
+    step = jax.jit(lambda s, b: train_step(s, b))
+    for platform, kernel in (("cuda", accelerators.TRITON_CALL), ("tpu", "tpu_custom_call")):
+      exported = export.export(step, platforms=[platform],
+                               disabled_checks=accelerators.export_disabled_checks())(state, batch)
+      assert kernel in _custom_calls(exported), (platform, _custom_calls(exported))
+
+
 def test_rnn_seq2seq_gpu_preset_beam_search_decoder_lowers():
   config = rnn_configs.get_config("gpu")
   model, _, _, params, _ = _rnn_seq2seq("additive")()
@@ -171,6 +198,28 @@ def test_rnn_seq2seq_gpu_preset_beam_search_decoder_lowers():
   exported = export.export(decode, platforms=["cuda", "tpu"])(
       params, jax.ShapeDtypeStruct(src, jnp.int32), jax.ShapeDtypeStruct(src[:1], jnp.int32))
   assert exported.out_avals[0].shape == (src[0], config.data.max_target_len)
+
+
+def test_transformer_seq2seq_gpu_preset_beam_search_decoder_lowers():
+  config = s2s_configs.get_config("gpu")
+  model, _, _, params, _ = _seq2seq()
+  decode = s2s_train.make_decoder(model, config.eval.beam_size, config.data.max_target_len,
+                                  config.eval.length_penalty)
+  src = (8, config.data.max_input_len)
+  exported = export.export(decode, platforms=["cuda", "tpu"])(
+      params, jax.ShapeDtypeStruct(src, jnp.int32), jax.ShapeDtypeStruct(src[:1], jnp.int32))
+  assert exported.out_avals[0].shape == (8, config.data.max_target_len)
+
+
+@pytest.mark.parametrize("attention", ["soft", "hard"])
+def test_captioning_gpu_preset_beam_search_decoder_lowers(attention):
+  config = caption_configs.get_config("gpu")
+  model, _, _, params, _ = _captioning(attention)()
+  decode = caption_train.make_decoder(model, config.eval.beam_size, config.data.max_caption_len)
+  size = shapes_captions.IMAGE_SIZE
+  exported = export.export(decode, platforms=["cuda", "tpu"])(
+      params, jax.ShapeDtypeStruct((8, size, size, 3), jnp.uint8))
+  assert exported.out_avals[0].shape == (8, config.data.max_caption_len)
 
 
 def test_lm_gpu_preset_carries_splash_within_lowering_platforms_and_decodes():

@@ -49,6 +49,12 @@ def test_packed_sequences_two_batch_axes():
   check(*inputs(1, heads=2, kv_heads=2, batch=(2, 1)), ids)
 
 
+@pytest.mark.parametrize("v_dim", [8, 48], ids=["narrow-values", "wide-values"])
+def test_value_size_other_than_head_size(v_dim):
+  q, k, v = inputs(7, heads=2, kv_heads=1)
+  check(q, k, jnp.concatenate([v, v], axis=-1)[..., :v_dim], is_causal=True)
+
+
 def test_public_api_explicit_pallas_gpu_matches_reference():
   q, k, v = inputs(2, heads=2, kv_heads=2)
   np.testing.assert_allclose(
