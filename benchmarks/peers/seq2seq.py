@@ -95,7 +95,7 @@ def ours(config, model, batch):
 def torch_model(config, attention="additive", source_vocab=SOURCE_VOCAB,
                 target_vocab=TARGET_VOCAB):
   """The same encoder-decoder in PyTorch; ``.frozen`` counts the pinned GRU bias entries."""
-  nn, F = torch.nn, torch.nn.functional
+  nn = torch.nn
   m = config.model
   if attention not in ATTENTIONS:
     raise ValueError(f"the PyTorch peer has attention {ATTENTIONS}, not {attention!r}")
@@ -130,7 +130,8 @@ def torch_model(config, attention="additive", source_vocab=SOURCE_VOCAB,
           self.source_embed(inputs), input_lengths, batch_first=True, enforce_sorted=False)
       states, last = self.encoder(packed)
       states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=s)
-      fixed = torch.cat([last[0], last[1]], dim=-1)  # forward after the last token, backward after the first
+      # The forward state after each row's last token, the backward one after its first.
+      fixed = torch.cat([last[0], last[1]], dim=-1)
       state = torch.tanh(self.init_dense(fixed))
       if attention == "additive":
         keys = self.key(states)
