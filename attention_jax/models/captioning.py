@@ -64,6 +64,10 @@ class ConvEncoder(nn.Module):
     normalize: LayerNorm over the channels of the last convolution (before the position
       embedding), so content features have unit scale and do not drown the position signal
       (unnormalised, their norm grows to ~25 while a learned position embedding stays < 1).
+    context_pool: if > 0, a context channel block: the last convolution's output max-pooled over
+      a ``context_pool x context_pool`` window of cells (stride 1) is concatenated to it
+      (``2 C`` channels before the grid coordinates), so a cell also holds what its neighbours
+      see (e.g. a cell inside an object the edges of its outline).
   """
   channels: Sequence[int] = (32, 64, 64)
   strides: Sequence[int] = (1, 2, 2)
@@ -71,6 +75,7 @@ class ConvEncoder(nn.Module):
   coordinates: bool = False
   grid_coordinates: bool = False
   normalize: bool = False
+  context_pool: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -91,6 +96,9 @@ class ConvEncoder(nn.Module):
                   name=f"conv{i}")(x)
       if i < len(self.channels) - 1:
         x = nn.relu(x)
+    if self.context_pool:
+      window = (self.context_pool, self.context_pool)
+      x = jnp.concatenate([x, nn.max_pool(x, window, strides=(1, 1), padding="SAME")], axis=-1)
     if self.normalize:
       x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     if self.position_embedding:
@@ -124,11 +132,17 @@ class Captioner(nn.Module):
     coordinates: CoordConv input channels in the encoder.
     grid_coordinates: (y, x) channels appended to the grid (``C + 2`` features).
     normalize: LayerNorm on the grid's content features (see :class:`ConvEncoder`).
+    context_pool: the max-pooled context channels of :class:`ConvEncoder` (0: none).
     dropout_rate: dropout before the output layer.
     init_dropout_rate: dropout on the mean feature that initialises the LSTM (training only):
       the initial state then cannot carry the whole scene reliably, so the decoder has to read
       the objects through the attention.
     attention: "soft", "hard" or "none" (module docstring).
+    expected_context_prob: hard attention only, in training (not ``deterministic``): the
+      probability, per example and word, of reading the expected (soft) context instead of a
+      sampled location (Xu et al. 2015 sec. 4.1 use 0.5). Those steps report the distribution
+      itself as the weights used, and :func:`hard_attention_terms` leaves them out of the
+      score-function term; their gradient reaches the attention through the context.
     coverage: coverage-aware scores (Tu et al. 2016; See et al. 2017): the attention so far,
       ``cov_ij = sum_{t' < t} a_t'ij``, enters the score as ``v . tanh(W_q h + W_k h_ij + b +
       cov_ij u)``, so the decoder can tell what it has already looked at; the state is then
@@ -144,10 +158,12 @@ class Captioner(nn.Module):
   coordinates: bool = False
   grid_coordinates: bool = False
   normalize: bool = False
+  context_pool: int = 0
   dropout_rate: float = 0.0
   init_dropout_rate: float = 0.0
   coverage: bool = False
   attention: str = "soft"
+  expected_context_prob: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -158,7 +174,8 @@ class Captioner(nn.Module):
     self.encoder = ConvEncoder(tuple(self.channels), tuple(self.strides),
                                coordinates=self.coordinates,
                                grid_coordinates=self.grid_coordinates,
-                               normalize=self.normalize, **dims)
+                               normalize=self.normalize, context_pool=self.context_pool,
+                               **dims)
     self.attend = layers.AdditiveAttention(
         self.attention_dim, score_init=nn.initializers.normal(self.attention_dim ** -0.5), **dims)
     self.init_c = nn.Dense(self.hidden_dim, **dims)
@@ -245,6 +262,10 @@ class Captioner(nn.Module):
         else:
           location = jax.random.categorical(self.make_rng("sample"), log_probs, axis=-1)
         used = jax.nn.one_hot(location, features.shape[1], dtype=probs.dtype)
+        if not deterministic and self.expected_context_prob > 0:
+          expected = jax.random.bernoulli(self.make_rng("sample"), self.expected_context_prob,
+                                          probs.shape[:1])
+          used = jnp.where(expected[:, None], probs, used)
         context = jnp.einsum("bn,bnc->bc", used.astype(features.dtype), features)
     if self.gate:
       context = context * nn.sigmoid(self.gate_dense(query))
@@ -297,6 +318,33 @@ def doubly_stochastic_penalty(weights, mask) -> Array:
   return jnp.sum((1.0 - coverage) ** 2, axis=-1)
 
 
+def phrase_continuity_penalty(weights, content, mask) -> Array:
+  """Per example, the attention mass that moves between consecutive words of one phrase:
+  ``sum_t [content_{t-1} and content_t] (1 - sum_i min(a_ti, sg(a_{t-1,i})))``, i.e. half the L1
+  distance of the two maps, the earlier map held fixed (``sg``: no gradient), so each word of a
+  phrase ("a large red circle": size, colour, shape) is pulled to where the word before it
+  looked and never the other way round. Uses only which target words are content words (the
+  caption's grammar), no boxes.
+
+  Args:
+    weights: ``[B, T, N]`` attention weights.
+    content: ``[B, T]`` bool, the steps whose target is a content (size, colour, shape) word.
+    mask: ``[B, T]`` the real (non-padding) steps.
+
+  Returns:
+    float32 ``[B]``.
+  """
+  weights = jnp.asarray(weights, jnp.float32)
+  if jnp.ndim(weights) != 3 or jnp.shape(mask) != weights.shape[:2] or (
+      jnp.shape(content) != weights.shape[:2]):
+    raise ValueError(f"weights must be [B, T, N], content and mask [B, T]; got weights "
+                     f"{weights.shape}, content {jnp.shape(content)}, mask {jnp.shape(mask)}")
+  on = jnp.asarray(content, bool) & jnp.asarray(mask, bool)
+  pairs = (on[:, 1:] & on[:, :-1]).astype(jnp.float32)
+  overlap = jnp.sum(jnp.minimum(weights[:, 1:], jax.lax.stop_gradient(weights[:, :-1])), -1)
+  return jnp.sum(pairs * (1.0 - overlap), axis=-1)
+
+
 def reinforce_surrogate(log_likelihood, log_prob_locations, entropy, baseline,
                         reinforce_weight: float = 1.0, entropy_weight: float = 0.0) -> Array:
   """Per example, a loss whose gradient is Xu et al.'s (2015, eq. 12, with the moving-average
@@ -328,14 +376,17 @@ def hard_attention_terms(used, probs, mask) -> tuple[Array, Array]:
   """``(sum_t log p(s_t | a), sum_t H(a_t))`` per example over the real steps.
 
   Args:
-    used: ``[B, T, N]`` one-hot sampled locations.
+    used: ``[B, T, N]`` one-hot sampled locations; a step whose row is not one-hot read the
+      expected context (``Captioner.expected_context_prob``) and adds nothing to the first sum.
     probs: ``[B, T, N]`` the attention distributions they were drawn from.
     mask: ``[B, T]`` the real (non-padding) steps.
   """
   probs = jnp.asarray(probs, jnp.float32)
+  used = jax.lax.stop_gradient(jnp.asarray(used, jnp.float32))
   log_probs = jnp.log(jnp.maximum(probs, 1e-30))
   mask = jnp.asarray(mask, jnp.float32)
-  log_prob = jnp.sum(jnp.sum(used * log_probs, -1) * mask, -1)
+  sampled = jnp.all((used == 0) | (used == 1), axis=-1).astype(jnp.float32)
+  log_prob = jnp.sum(jnp.sum(used * log_probs, -1) * mask * sampled, -1)
   entropy = jnp.sum(-jnp.sum(probs * log_probs, -1) * mask, -1)
   return log_prob, entropy
 

@@ -11,6 +11,8 @@ Presets (``config.py:<preset>``):
   coco     TFDS ``coco_captions`` through ``tfds.data_source`` (internet to prepare; GPU advised).
   hard     the default model on the hard scene (``data.dataset_config="hard"``); set
            ``--config.model.attention=hard`` or ``none`` to compare (README).
+  hard_weak  the hard scene with a weaker encoder: the first 3 of the 5 convolutions (a cell's
+           receptive field 9 pixels instead of 25), the rest as ``hard``.
 """
 
 import ml_collections
@@ -24,7 +26,7 @@ from attention_jax.models import captioning
 EMBEDDED = "shapes_captions"
 #: Catalog datasets with ``image`` and ``captions/text`` records, and their test split names.
 CATALOG = {"coco_captions": ("train", "val", "test")}
-PRESETS = ("default", "tiny", "gpu", "coco", "hard")
+PRESETS = ("default", "tiny", "gpu", "coco", "hard", "hard_weak")
 DATASET_CONFIGS = ("default", "small", "hard", "hard_small")
 
 
@@ -64,6 +66,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.normalize = True
   config.model.grid_coordinates = True  # (y, x) channels appended to the grid (0.37 -> 0.43)
   config.model.coverage = False  # the attention so far enters the score (coverage)
+  # > 0: the last convolution's output max-pooled over a k x k window of cells is concatenated
+  # to it (a context channel block: a cell inside an object also holds its neighbours' edges)
+  config.model.context_pool = 0
+  # > 0 (embedded dataset only): weight of the attention mass that moves between consecutive
+  # words of one phrase (size -> colour -> shape), the earlier map held fixed, per token
+  config.model.continuity_weight = 0.0
   config.model.dropout_rate = 0.0
   config.model.init_dropout_rate = 0.0  # dropout on the mean feature of the initial state
   # lambda of the doubly stochastic regulariser (Xu et al. use 1 with 196 positions and longer
@@ -80,6 +88,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.reinforce_weight = 1.0
   config.model.entropy_weight = 0.01
   config.model.baseline_decay = 0.9
+  # the probability of reading the expected (soft) context instead of a sample, per word in
+  # training (Xu et al. use 0.5; 0 = always sample)
+  config.model.expected_context_prob = 0.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 250
@@ -120,9 +131,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.eval.beam_size = 1
     config.eval.num_overlays = 2
     config.eval.num_grid = 4
-  elif preset == "hard":
+  elif preset in ("hard", "hard_weak"):
     config.data.dataset_config = "hard"
     config.data.max_caption_len = 36
+    if preset == "hard_weak":
+      config.model.channels = (32, 64, 64)
+      config.model.strides = (1, 2, 2)
   elif preset == "gpu":
     config.model.embed_dim = 64
     config.model.hidden_dim = 512
@@ -174,9 +188,17 @@ def validate(config) -> None:
   if m.attention not in captioning.ATTENTION_KINDS:
     raise ConfigError(f"config.model.attention must be one of "
                       f"{', '.join(map(repr, captioning.ATTENTION_KINDS))}, got {m.attention!r}")
+  if not 0 <= m.expected_context_prob <= 1:
+    raise ConfigError(f"config.model.expected_context_prob must be in [0, 1], got "
+                      f"{m.expected_context_prob!r}")
   if not 0 <= m.baseline_decay < 1:
     raise ConfigError(f"config.model.baseline_decay must be in [0, 1), got {m.baseline_decay!r}")
-  for field in ("reinforce_weight", "entropy_weight"):
+  if m.context_pool < 0:
+    raise ConfigError(f"config.model.context_pool must be >= 0, got {m.context_pool!r}")
+  if m.continuity_weight and d.dataset != EMBEDDED:
+    raise ConfigError("config.model.continuity_weight needs the embedded dataset (its grammar "
+                      "says which words are content words)")
+  for field in ("reinforce_weight", "entropy_weight", "continuity_weight"):
     if m[field] < 0:
       raise ConfigError(f"config.model.{field} must be >= 0, got {m[field]!r}")
   if d.dataset == EMBEDDED and d.dataset_config.startswith("hard") and d.max_caption_len < 36:

@@ -48,7 +48,8 @@ def make_model(config,
       attention_dim=m.attention_dim, channels=tuple(m.channels), strides=tuple(m.strides),
       gate=m.gate, coordinates=m.coordinates, dropout_rate=m.dropout_rate,
       init_dropout_rate=m.init_dropout_rate, coverage=m.coverage,
-      grid_coordinates=m.grid_coordinates, normalize=m.normalize, attention=m.attention)
+      grid_coordinates=m.grid_coordinates, normalize=m.normalize, attention=m.attention,
+      context_pool=m.context_pool, expected_context_prob=m.expected_context_prob)
 
 
 def split_arrays(config, split: str) -> dict[str, np.ndarray]:
@@ -137,9 +138,18 @@ def batch_at(data, batch_size: int, seed: int, step: int) -> dict[str, np.ndarra
 BASELINE = "reward_baseline"  # the moving-average baseline of hard attention, kept in params
 
 
+def content_targets(targets, tokenizer) -> jax.Array:
+  """``[B, T]`` bool: the steps whose target is a content word (size, colour, shape)."""
+  ids = [i for i, w in enumerate(tokenizer.words) if w in shapes_captions.CONTENT_WORDS]
+  return jnp.isin(targets, jnp.asarray(ids, targets.dtype))
+
+
 def losses(model, params, batch, penalty: float, deterministic: bool, rng=None,
-           reinforce_weight: float = 1.0, entropy_weight: float = 0.0):
-  """``(loss, sums)``: token cross-entropy + ``penalty * mean_b doubly_stochastic_penalty``.
+           reinforce_weight: float = 1.0, entropy_weight: float = 0.0,
+           continuity_weight: float = 0.0, tokenizer=None):
+  """``(loss, sums)``: token cross-entropy + ``penalty * mean_b doubly_stochastic_penalty``
+  (+ ``continuity_weight`` times :func:`captioning.phrase_continuity_penalty` summed over the
+  batch and divided by the token count, when > 0; ``tokenizer`` says which words are content).
 
   With hard attention (``params`` then holds the baseline under ``BASELINE``) and not
   ``deterministic``, the caption term is :func:`captioning.reinforce_surrogate` over the sampled
@@ -170,12 +180,17 @@ def losses(model, params, batch, penalty: float, deterministic: bool, rng=None,
   else:
     caption_loss = sums["loss_sum"] / tokens
   loss = caption_loss + penalty * reg.mean()
+  if continuity_weight > 0:
+    content = content_targets(batch["targets"], tokenizer or shapes_captions.WordTokenizer())
+    moved = captioning.phrase_continuity_penalty(probs, content, batch["target_mask"])
+    loss = loss + continuity_weight * moved.sum() / tokens
+    extra["attention_moved_sum"] = moved.sum()
   return loss, {**sums, "attention_penalty_sum": reg.sum(), **extra,
                 "example_count": jnp.float32(reg.shape[0])}
 
 
 _DENOMINATORS = {"attention_penalty_sum": "example_count", "reward_sum": "example_count",
-                 "attention_entropy_sum": "example_count"}
+                 "attention_entropy_sum": "example_count", "attention_moved_sum": "example_count"}
 
 
 def with_baseline_update(train_step, decay: float):
@@ -197,7 +212,7 @@ def with_baseline_update(train_step, decay: float):
   return jitted
 
 
-def train_model(config, workdir: str, model, train_arrays, val_arrays):
+def train_model(config, workdir: str, model, train_arrays, val_arrays, tokenizer=None):
   """Trains (or resumes) in ``workdir``; returns the final train state."""
   example = batch_at(train_arrays, config.batch_size, config.seed, 0)
   params = model.init(jax.random.key(config.seed), example["image"],
@@ -208,13 +223,14 @@ def train_model(config, workdir: str, model, train_arrays, val_arrays):
   tx, schedule = training.make_optimizer(config)
   penalty = float(config.model.attention_penalty)
   weights = dict(reinforce_weight=float(config.model.reinforce_weight),
-                 entropy_weight=float(config.model.entropy_weight))
+                 entropy_weight=float(config.model.entropy_weight),
+                 continuity_weight=float(config.model.continuity_weight), tokenizer=tokenizer)
 
   def loss_fn(params, batch, rng):
     return losses(model, params, batch, penalty, deterministic=False, rng=rng, **weights)
 
   def metrics_fn(params, batch):
-    return losses(model, params, batch, penalty, deterministic=True)[1]
+    return losses(model, params, batch, penalty, deterministic=True, **weights)[1]
 
   if hard:
     train_step = with_baseline_update(training.make_train_step(loss_fn, jit=False),
@@ -347,7 +363,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     train_arrays, val_arrays, test, tokenizer = load_catalog(config)
   model = make_model(config, tokenizer.vocab_size)
   train_start = time.perf_counter()
-  state = train_model(config, workdir, model, train_arrays, val_arrays)
+  state = train_model(config, workdir, model, train_arrays, val_arrays,
+                      tokenizer if config.data.dataset == EMBEDDED else None)
   train_seconds = time.perf_counter() - train_start
   eval_start = time.perf_counter()
   params = model_params(state.params)

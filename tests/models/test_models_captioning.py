@@ -99,6 +99,43 @@ def test_coordinate_channels_make_features_position_aware():
   np.testing.assert_allclose(grid[0, ..., 8:], np.stack([ys, xs], -1), atol=1e-6)
 
 
+def test_context_pool_appends_the_neighbourhood_maximum():
+  """The context channels hold each cell's k x k neighbourhood maximum of the last conv."""
+  plain = captioning.ConvEncoder((4, 8), (2, 2), position_embedding=False)
+  pooled = captioning.ConvEncoder((4, 8), (2, 2), position_embedding=False, context_pool=3)
+  images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+  variables = plain.init(jax.random.key(0), images)
+  base = np.asarray(plain.apply(variables, images))
+  grid = np.asarray(pooled.apply(variables, images))  # no new parameters
+  assert grid.shape == (2, 4, 4, 16)
+  np.testing.assert_allclose(grid[..., :8], base, rtol=1e-6)
+  padded = np.pad(base, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  expected = np.max([padded[:, i:i + 4, j:j + 4] for i in range(3) for j in range(3)], axis=0)
+  np.testing.assert_allclose(grid[..., 8:], expected, rtol=1e-6)
+  model = captioning.Captioner(**SMALL, context_pool=3)
+  tokens = jnp.ones((2, 3), jnp.int32)
+  _, weights = model.apply(model.init(jax.random.key(0), images, tokens), images, tokens)
+  assert weights.shape == (2, 3, 16)
+
+
+def test_phrase_continuity_penalty_counts_the_moved_mass_within_phrases_only():
+  a = np.array([[[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]])
+  content = np.array([[True, True, False, True]])
+  mask = np.ones((1, 4), bool)
+  # pairs (0, 1) only: step 2 is not a content word, so (1, 2) and (2, 3) are phrase breaks
+  np.testing.assert_allclose(captioning.phrase_continuity_penalty(a, content, mask), [0.5])
+  np.testing.assert_allclose(
+      captioning.phrase_continuity_penalty(a, np.ones((1, 4), bool), mask), [0.5 + 1 + 1])
+  np.testing.assert_allclose(captioning.phrase_continuity_penalty(
+      a, np.ones((1, 4), bool), np.array([[True, True, False, False]])), [0.5])
+  # the gradient reaches the later map only: the earlier one is the fixed target
+  grad = jax.grad(lambda w: captioning.phrase_continuity_penalty(w, content, mask).sum())(
+      jnp.asarray(a))
+  assert np.all(np.asarray(grad[0, 0]) == 0) and np.any(np.asarray(grad[0, 1]) != 0)
+  with pytest.raises(ValueError, match="content"):
+    captioning.phrase_continuity_penalty(a, content[:, :3], mask)
+
+
 def test_gate_scales_the_context():
   model, variables, images, tokens = _setup()
   closed = jax.tree.map(lambda x: x, variables)
@@ -274,3 +311,36 @@ def test_hard_attention_uses_one_location_and_none_uses_the_mean():
   np.testing.assert_allclose(weights, 1.0 / 16, rtol=1e-6)
   with pytest.raises(ValueError, match="attention"):
     captioning.Captioner(**SMALL, attention="sharp").init(jax.random.key(0), images, tokens)
+
+
+def test_hard_attention_terms_leave_out_the_expected_context_steps():
+  probs = np.array([[[0.5, 0.25, 0.25], [0.2, 0.3, 0.5], [0.6, 0.2, 0.2]]])
+  sampled = np.array([[[0, 1.0, 0], [0, 0, 1.0], [1.0, 0, 0]]])
+  mask = np.ones((1, 3))
+  log_prob, entropy = captioning.hard_attention_terms(sampled, probs, mask)
+  np.testing.assert_allclose(log_prob, [np.log(0.25 * 0.5 * 0.6)], rtol=1e-6)
+  mixed = sampled.copy()
+  mixed[0, 1] = probs[0, 1]  # step 1 read the expected context
+  log_prob, entropy_mixed = captioning.hard_attention_terms(mixed, probs, mask)
+  np.testing.assert_allclose(log_prob, [np.log(0.25 * 0.6)], rtol=1e-6)
+  np.testing.assert_allclose(entropy_mixed, entropy)  # the entropy counts every step
+
+
+@pytest.mark.slow  # two compilations of the scanned decoder
+def test_expected_context_prob_mixes_soft_steps_into_hard_attention_training():
+  _, variables, images, tokens = _setup(batch=64)
+  rngs = {"sample": jax.random.key(3)}
+  always = captioning.Captioner(**SMALL, attention="hard", expected_context_prob=1.0)
+  _, used, probs = always.apply(variables, images, tokens, deterministic=False,
+                                return_probs=True, rngs=rngs)
+  np.testing.assert_allclose(used, probs)  # every step the expected context
+  half = captioning.Captioner(**SMALL, attention="hard", expected_context_prob=0.5)
+  _, used, probs = half.apply(variables, images, tokens, deterministic=False, return_probs=True,
+                              rngs=rngs)
+  one_hot = np.all((np.asarray(used) == 0) | (np.asarray(used) == 1), -1)
+  assert 0.35 < one_hot.mean() < 0.65  # 320 coin flips
+  np.testing.assert_allclose(np.asarray(used)[~one_hot], np.asarray(probs)[~one_hot])
+  # deterministic decoding still reads the most probable location
+  _, used, probs = half.apply(variables, images, tokens, return_probs=True)
+  np.testing.assert_array_equal(np.asarray(used).argmax(-1), np.asarray(probs).argmax(-1))
+  assert set(np.unique(np.asarray(used))) <= {0.0, 1.0}

@@ -93,6 +93,8 @@ def test_bad_config_fields_are_named(field, value, match):
     ("model.baseline_decay", 1.0),
     ("model.entropy_weight", -0.1),
     ("data.dataset_config", "harder"),
+    ("model.context_pool", -1),
+    ("model.continuity_weight", -0.1),
 ])
 def test_new_config_fields_are_named_in_a_one_line_config_error(field, value):
   config = configs.get_config("tiny")
@@ -101,6 +103,16 @@ def test_new_config_fields_are_named_in_a_one_line_config_error(field, value):
   with pytest.raises(ConfigError, match=name) as error:
     configs.validate(config)
   assert "\n" not in str(error.value)
+
+
+def test_hard_weak_preset_is_the_hard_scene_with_a_shallower_encoder():
+  hard, weak = configs.get_config("hard"), configs.get_config("hard_weak")
+  configs.validate(weak)
+  assert weak.data.dataset_config == hard.data.dataset_config == "hard"
+  assert len(weak.model.channels) == 3 < len(hard.model.channels)
+  assert tuple(weak.model.strides) == tuple(hard.model.strides)[:3]
+  weak.model.channels, weak.model.strides = hard.model.channels, hard.model.strides
+  assert weak.to_dict() == {**hard.to_dict(), "preset": "hard_weak"}
 
 
 def test_hard_scene_needs_room_for_its_longest_caption():
@@ -158,6 +170,16 @@ def test_baseline_is_the_moving_average_of_the_reward():
   state, _ = step(state, jnp.float32(-20.0))
   assert float(state.params[captioning.BASELINE]) == pytest.approx(0.9 * -10.0 + 0.1 * -20.0)
   assert set(captioning.model_params(state.params)) == {"w"}
+
+
+def test_content_targets_mark_the_size_colour_and_shape_words():
+  from attention_jax.data import shapes_captions
+  for tok, relation in ((shapes_captions.WordTokenizer(), "left of"),
+                        (shapes_captions.tokenizer_for("hard"), "next to")):
+    ids = tok.encode(f"a large red circle {relation} a small blue square", add_eos=True)
+    marked = np.asarray(captioning.content_targets(jnp.asarray([ids], jnp.int32), tok))[0]
+    assert marked.tolist() == [False, True, True, True, False, False, False, True, True, True,
+                               False]
 
 
 def test_unknown_preset():
