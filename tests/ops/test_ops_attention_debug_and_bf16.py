@@ -34,7 +34,7 @@ def test_no_floating_point_error_under_debug_infs(implementation, masking, jitte
 
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))) if jitted else \
       jax.value_and_grad(loss, argnums=(0, 1, 2))
-  expected = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+  expected = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
   with jax.debug_infs(True):
     got = fn(q, k, v)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
@@ -59,10 +59,10 @@ def test_flash_bias_gradient_in_bfloat16_matches_jax_nn(bias_shape):
   def loss(fn, bias):
     return jnp.sum(fn(bias).astype(jnp.float32) * jnp.linspace(-1, 1, D))
 
-  ours = jax.grad(lambda b: loss(lambda b: ops.dot_product_attention(
-      q, k, v, b, implementation="flash", block_sizes=(8, 8)), b))(bias)
-  theirs = jax.grad(lambda b: loss(lambda b: jax.nn.dot_product_attention(
-      q, k, v, b, implementation="xla"), b))(bias)
+  ours = jax.jit(jax.grad(lambda b: loss(lambda b: ops.dot_product_attention(
+      q, k, v, b, implementation="flash", block_sizes=(8, 8)), b)))(bias)
+  theirs = jax.jit(jax.grad(lambda b: loss(lambda b: jax.nn.dot_product_attention(
+      q, k, v, b, implementation="xla"), b)))(bias)
   # A bias constant along the keys shifts every logit of a row equally: softmax ignores it, so
   # its exact gradient is zero; jax.nn's is zero to rounding (~1e-6). Ours was 0.1 when the
   # backward took rowsum(dO * O) from the bfloat16-rounded output.

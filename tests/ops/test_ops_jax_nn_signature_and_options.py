@@ -147,7 +147,7 @@ def test_options_gradients_match_float64_autodiff(q_len, kv_len, options):
                                         block_sizes=(8, 8) if implementation == "flash" else None,
                                         **kwargs)
         return jnp.sum(jnp.sin(out.astype(jnp.float64)))
-      return jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, bias)
+      return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(q, k, v, bias)
 
     want = loss("reference", jnp.float64)
     got = loss("flash", jnp.float32)
@@ -184,7 +184,7 @@ def test_bf16_bias_gradient_of_a_broadcast_bias_matches_jax_nn():
   bias = jnp.linspace(-1, 1, 4, dtype=jnp.bfloat16).reshape(4, 1, 1)
 
   def grad(fn):
-    return jax.grad(lambda b: jnp.sum(fn(q, k, v, b).astype(jnp.float32) ** 2))(bias)
+    return jax.jit(jax.grad(lambda b: jnp.sum(fn(q, k, v, b).astype(jnp.float32) ** 2)))(bias)
 
   ours = grad(lambda *a: ops.dot_product_attention(*a, implementation="flash",
                                                    block_sizes=(16, 16), is_causal=True))
