@@ -58,6 +58,7 @@ def test_no_experiment_imports_another_and_the_library_imports_none():
     assert not any(n.startswith("experiments") for n in names), os.path.relpath(path, REPO)
 
 
+@pytest.mark.slow  # a subprocess run; the import rules above keep folders independent
 def test_a_copied_folder_runs_as_a_new_experiment(tmp_path):
   """``cp -r`` one folder under a new name and its documented command works unchanged."""
   package = tmp_path / "mine"

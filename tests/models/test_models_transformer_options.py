@@ -24,11 +24,11 @@ def test_gemma_like_stack_decodes_with_rolling_and_full_caches_like_the_full_pas
                    num_layers=2)
   tokens = _tokens()
   model = transformer.DecoderOnlyLM(config)
-  params = model.init(jax.random.key(1), tokens)["params"]
-  want = model.apply({"params": params}, tokens)
+  params = jax.jit(model.init)(jax.random.key(1), tokens)["params"]
+  want = jax.jit(model.apply)({"params": params}, tokens)
   assert float(jnp.abs(want).max()) < 3.0  # the final soft-cap bounds every logit
   decoder = transformer.DecoderOnlyLM(config, decode=True)
-  cache = decoder.init(jax.random.key(1), tokens)["cache"]["decoder"]
+  cache = jax.jit(decoder.init)(jax.random.key(1), tokens)["cache"]["decoder"]
   # The local layer keeps a ring of 4 positions, the global one the whole sequence.
   assert [cache[f"layer_{i}"]["attention"]["cached_key"].shape[1] for i in range(2)] == [4, 24]
   cache = {"decoder": cache}
