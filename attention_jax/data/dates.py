@@ -595,6 +595,15 @@ class DatesTranslation(stamped.StampedBuilder):
 LONGEST = {"default": {"source": 65, "target": 19}, "small": {"source": 62, "target": 19}}
 
 
+def source_length_bound(config: str = "default") -> int:
+  """The longest source (characters) the train, validation and test splits of ``config`` can
+  hold: its ``max_source_len`` (test_long's sources are longer)."""
+  configs = {c.name: c for c in DatesTranslation.BUILDER_CONFIGS}
+  if config not in configs:
+    raise ValueError(f"config must be one of {sorted(configs)}, got {config!r}")
+  return configs[config].max_source_len
+
+
 def required_lengths(config: str = "default") -> tuple[int, int]:
   """``(max_input_len, max_target_len)`` that fit every example of ``config`` with a character
   tokenizer (the target with its BOS/EOS), known without preparing the data."""

@@ -158,6 +158,10 @@ def test_test_long_is_held_out(small):
   longest_regular = max(len(e["source"]) for s in regular for e in small[s])
   shortest_long = min(len(e["source"]) for e in small["test_long"])
   assert longest_regular <= limit < shortest_long
+  # What the seq2seq batches are padded to (tasks.dates_translation.train_input_len) relies on it.
+  assert dates.source_length_bound("small") == dates.source_length_bound("default") == limit
+  with pytest.raises(ValueError, match="config must be one of"):
+    dates.source_length_bound("huge")
 
 
 def test_lengths_vary_at_least_4x(small):

@@ -70,3 +70,13 @@ def test_tokenizers_are_built_once_and_read_back(tmp_path, joint):
     assert again[0] is again[1] and (tmp_path / "tokenizers" / "joint.json").exists()
   else:
     assert first[1].tokens(first[1].encode("J")) != ["J"]  # "J" only occurs in sources
+
+
+@pytest.mark.parametrize("preset", dates_translation.PRESETS)
+def test_training_batches_are_padded_to_the_training_sources_not_to_test_long(preset):
+  """Train/validation sources have at most 35 characters; test_long's need max_input_len (72).
+  The encoder scans every padded position, so training pads to 40."""
+  config = dates_translation.rnn_config(preset)
+  assert dates_translation.train_input_len(config) == 40
+  config.data.max_input_len = 36  # never more than asked for
+  assert dates_translation.train_input_len(config) == 36
