@@ -1,6 +1,6 @@
 r"""One command to measure a GPU or TPU: attention throughput against jax.nn (and PyTorch's flash
-kernel where installed), then one training step of the LM's ``gpu`` preset, in TFLOP/s and as a
-fraction of the chip's peak. Writes a JSON and a markdown table.
+kernel where installed), then one training step of each experiment's ``gpu`` preset, in
+TFLOP/s and as a fraction of the chip's peak. Writes a JSON and a markdown table.
 
   python -m benchmarks.accelerator --out runs/accelerator       # on the lent device, < 5 min
   python -m benchmarks.accelerator --smoke --out runs/smoke     # tiny sizes, any backend (CI)
@@ -14,8 +14,10 @@ installed). FLOPs: ``4 * B * H * L^2 * D`` forward (half when causal), 3.5x that
 backward's five matmuls against the forward's two). A column that fails (unsupported, out of
 memory) records its one-line error instead of a time.
 
-Training: the transformer LM ``gpu`` preset's own model and step (``benchmarks.train_step``),
-tokens/s and MFU with ``6 * parameters`` FLOPs per token (attention FLOPs not counted).
+Training: every experiment's ``gpu`` preset step (``benchmarks.gpu_presets``: the experiment's
+own model, loss and step, a random batch), per second and TFLOP/s from XLA's FLOP count of the
+compiled step; a fused attention kernel's custom call counts zero FLOPs there, so MFU is a lower
+bound. ``--smoke`` times no training step unless named (``--train transformer_lm``; at batch 2).
 """
 
 from __future__ import annotations
@@ -152,31 +154,44 @@ def attention_rows(lengths, tokens, heads, head_dim, dtype, repeats, peak):
   return rows
 
 
-def training_row(preset, vocab_size, steps, peak):
-  from benchmarks import train_step
-  from experiments.transformer_lm import config as lm_configs
+def training_rows(names, steps, peak, batch_size=None):
+  """One row per experiment ``gpu`` preset (``benchmarks.gpu_presets``): the experiment's own
+  jitted step on a random batch, units per second and TFLOP/s from XLA's FLOP count of the
+  compiled step (fused kernels' custom calls, cuDNN or Pallas attention, count as zero there, so
+  the MFU of a model whose attention runs in one is a lower bound)."""
+  from benchmarks import gpu_presets
 
-  config = lm_configs.get_config(preset)
-  step, parameters = train_step.jax_side(config, vocab_size, None)
-  rng = np.random.default_rng(0)
-  ids = rng.integers(0, vocab_size, size=(config.batch_size, config.model.context + 1))
-  batch = {"inputs": jnp.asarray(ids[:, :-1], jnp.int32),
-           "targets": jnp.asarray(ids[:, 1:], jnp.int32)}
-  for _ in range(2):
-    step(batch)
-  start = time.perf_counter()
-  for _ in range(steps):
-    step(batch)
-  seconds = (time.perf_counter() - start) / steps
-  tokens = config.batch_size * config.model.context
-  row = {"experiment": "transformer_lm", "preset": preset, "parameters": parameters,
-         "tokens_per_step": tokens, "ms_per_step": seconds * 1e3,
-         "tokens_per_s": tokens / seconds, "dtype": config.model.dtype,
-         "tflops": 6.0 * parameters * tokens / seconds / 1e12}
-  if peak:
-    row["mfu"] = row["tflops"] / peak
-  print(json.dumps(row), flush=True)
-  return row
+  presets = gpu_presets.all_presets()
+  rows = []
+  for name in names:
+    preset = presets[name]()
+    if batch_size:
+      preset = preset.with_batch_size(batch_size)
+    row = {"experiment": name, "unit": preset.unit, "per_step": preset.per_step}
+    try:
+      state, batch = preset.init_state(), preset.random_batch()
+      compiled = preset.train_step().lower(state, batch).compile()
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      flops = float((cost or {}).get("flops", 0.0))
+      for _ in range(2):
+        state, sums = compiled(state, batch)
+      jax.block_until_ready(sums)
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, sums = compiled(state, batch)
+      jax.block_until_ready(sums)
+      seconds = (time.perf_counter() - start) / steps
+      row.update(ms_per_step=seconds * 1e3, per_s=preset.per_step / seconds,
+                 parameters=sum(x.size for x in jax.tree.leaves(state.params)),
+                 xla_flops_per_step=flops, tflops=flops / seconds / 1e12)
+      if peak:
+        row["mfu"] = row["tflops"] / peak
+    except Exception as e:  # noqa: BLE001 (a failing preset is a row of the table, not the end)
+      row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  return rows
 
 
 def markdown(device, peak, rows, train) -> str:
@@ -194,11 +209,15 @@ def markdown(device, peak, rows, train) -> str:
                  f"{cell(row, 'ms', '{:.2f}')} | {cell(row, 'tflops', '{:.1f}')} | "
                  f"{cell(back, 'ms', '{:.2f}')} | {cell(back, 'tflops', '{:.1f}')} |")
   if train:
-    lines += ["", "| experiment | preset | parameters | tokens/s | TFLOP/s | MFU |",
-              "|---|---|---|---|---|---|",
-              f"| {train['experiment']} | {train['preset']} | {train['parameters']:,} | "
-              f"{train['tokens_per_s']:,.0f} | {train['tflops']:.1f} | "
-              f"{train.get('mfu', float('nan')):.1%} |"]
+    lines += ["", "| experiment (`gpu` preset) | parameters | ms / step | per second | XLA "
+              "TFLOP/s | MFU (lower bound) |", "|---|---|---|---|---|---|"]
+    for r in train:
+      if "error" in r:
+        lines.append(f"| {r['experiment']} | {r['error'][:60]} | | | | |")
+        continue
+      lines.append(f"| {r['experiment']} | {r['parameters']:,} | {r['ms_per_step']:.2f} | "
+                   f"{r['per_s']:,.0f} {r['unit']} | {r['tflops']:.2f} | "
+                   f"{r.get('mfu', float('nan')):.1%} |")
   return "\n".join(lines) + "\n"
 
 
@@ -210,7 +229,9 @@ def main(argv=None):
   parser.add_argument("--heads", type=int, default=16)
   parser.add_argument("--head-dim", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--train-preset", default="gpu", help="transformer_lm preset; '' skips")
+  parser.add_argument("--train", nargs="*", default=None,
+                      help="experiments whose gpu preset step is timed (default: all; none "
+                           "given: skip training)")
   parser.add_argument("--train-steps", type=int, default=20)
   parser.add_argument("--smoke", action="store_true",
                       help="tiny sizes on any backend (a CI check that the script runs)")
@@ -219,7 +240,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.smoke:
     args.lengths, args.tokens, args.heads, args.head_dim = [128], 256, 2, 32
-    args.repeats, args.train_preset, args.train_steps = 1, "tiny", 2
+    args.repeats, args.train_steps = 1, 1
+    if args.train is None:
+      args.train = []  # the gpu presets compile for tens of seconds on a CPU: ask by name
   device = jax.devices()[0]
   peak = peak_tflops(device)
   dtype = jnp.bfloat16
@@ -227,8 +250,11 @@ def main(argv=None):
         f"load average {load.now():.2f}", flush=True)
   rows = attention_rows(args.lengths, args.tokens, args.heads, args.head_dim, dtype,
                         args.repeats, peak)
-  train = (training_row(args.train_preset, 96, args.train_steps, peak)
-           if args.train_preset else None)
+  if args.train is None:
+    from benchmarks import gpu_presets
+    args.train = list(gpu_presets.all_presets())
+  train = training_rows(args.train, args.train_steps, peak,
+                        batch_size=2 if args.smoke else None) if args.train else None
   table = markdown(device, peak, rows, train)
   print(table)
   if args.out:
