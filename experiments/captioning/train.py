@@ -224,7 +224,9 @@ def train_model(config, workdir: str, model, train_arrays, val_arrays, tokenizer
   penalty = float(config.model.attention_penalty)
   weights = dict(reinforce_weight=float(config.model.reinforce_weight),
                  entropy_weight=float(config.model.entropy_weight),
-                 continuity_weight=float(config.model.continuity_weight), tokenizer=tokenizer)
+                 continuity_weight=(float(config.model.continuity_weight)
+                                    if config.data.dataset == EMBEDDED else 0.0),
+                 tokenizer=tokenizer)
 
   def loss_fn(params, batch, rng):
     return losses(model, params, batch, penalty, deterministic=False, rng=rng, **weights)
