@@ -24,6 +24,7 @@ busy machine (``--allow-load``, ``--wait-idle``; :mod:`benchmarks.load`).
   python -m benchmarks.train_step --preset gpu --rounds 3 --steps 5
   python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
   python -m benchmarks.train_step --torch-threads 1   # PyTorch single-threaded (small ops)
+  python -m benchmarks.train_step --host-devices 2    # ours data-parallel over 2 host devices
   python -m benchmarks.train_step --experiment seq2seq
   python -m benchmarks.train_step --experiment seq2seq --attention none
   python -m benchmarks.train_step --experiment captioning
@@ -35,8 +36,10 @@ PyTorch is an optional benchmark dependency: without it only our side is timed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
+import os
 import statistics
 import time
 
@@ -69,6 +72,10 @@ def parse_args(argv=None):
   parser.add_argument("--flat-update", choices=("config", "on", "off"), default="config",
                       help="the optimiser over one flat vector (config.flat_update; default: "
                            "the preset's)")
+  parser.add_argument("--host-devices", type=int, default=None,
+                      help="split the CPU into this many XLA host devices and run our step "
+                           "data-parallel over them (one per core: each device's program runs "
+                           "on its own thread); default: one device")
   parser.add_argument("--out", default=None, help="also write the result as JSON here")
   load.add_flag(parser)
   for experiment in EXPERIMENTS:
@@ -78,6 +85,11 @@ def parse_args(argv=None):
 
 def main():
   args = parse_args()
+  if args.host_devices:
+    if jax._src.xla_bridge.backends_are_initialized():  # noqa: SLF001
+      raise SystemExit("--host-devices must be set before JAX starts its CPU backend")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.host_devices}")
   if torch is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   module = peer_module(args.experiment)
@@ -85,6 +97,12 @@ def main():
   if args.flat_update != "config":
     config.flat_update = args.flat_update == "on"
   peer = module.setup(config, args, with_torch=torch is not None)
+  if jax.device_count() > 1:
+    if config.batch_size % jax.device_count():
+      raise SystemExit(f"--host-devices {jax.device_count()} must divide the batch size "
+                       f"{config.batch_size}")
+    ours = peer.sides["ours"]
+    peer.sides["ours"] = dataclasses.replace(ours, batch=common.split_batch(ours.batch))
   sides, unit = peer.sides, peer.unit
   counts = {name: side.parameters for name, side in sides.items()}
   print(f"{peer.describe}; jax {jax.__version__} on {jax.devices()[0].platform}, torch "
@@ -114,6 +132,7 @@ def main():
         side.step(side.batch)
       rates[name].append(args.steps * peer.per_step / (time.perf_counter() - start))
   result = {"experiment": args.experiment, "preset": args.preset,
+            "jax_devices": jax.device_count(),
             f"{unit}_per_step": peer.per_step, "parameters": counts,
             "flat_update": bool(config.flat_update),
             "torch_threads": torch.get_num_threads() if torch else None,

@@ -214,10 +214,32 @@ def make_step(model, loss_fn, config) -> Callable[[Any], float]:
   return step
 
 
+def _data_mesh():
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(tree):
+  """``tree`` on every device (a train state); unchanged with one device."""
+  if jax.device_count() == 1:
+    return tree
+  return jax.device_put(tree, jax.sharding.NamedSharding(_data_mesh(), jax.sharding.PartitionSpec()))
+
+
+def split_batch(batch):
+  """``batch`` split along its first axis over every device (data parallelism, e.g. over the
+  host devices of ``--host-devices``); unchanged with one device."""
+  if jax.device_count() == 1:
+    return batch
+  return jax.device_put(batch, jax.sharding.NamedSharding(_data_mesh(),
+                                                          jax.sharding.PartitionSpec("data")))
+
+
 def jax_step(init_state, train_step, loss_of_sums) -> Callable[[Any], float]:
   """Our side's ``step(batch) -> loss``: the experiment's jitted ``train_step`` on a state it
-  keeps; ``loss_of_sums`` reads the loss from the step's metric sums."""
-  holder = {"state": init_state()}
+  keeps (on every device, when there are several); ``loss_of_sums`` reads the loss from the
+  step's metric sums."""
+  holder = {"state": replicated(init_state())}
 
   def step(batch):
     holder["state"], sums = train_step(holder["state"], batch)

@@ -49,7 +49,8 @@ def jax_side(config, vocab_size, implementation):
     return sums["loss_sum"] / jnp.maximum(sums["token_count"], 1.0), sums
 
   train_step = training.make_train_step(loss_fn)
-  holder = {"state": training.create_train_state(params, tx, seed=1, apply_fn=model.apply)}
+  holder = {"state": common.replicated(
+      training.create_train_state(params, tx, seed=1, apply_fn=model.apply))}
 
   def step(batch):
     holder["state"], sums = train_step(holder["state"], batch)

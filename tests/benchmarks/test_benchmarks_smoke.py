@@ -53,3 +53,18 @@ def test_train_step_runs_each_experiment_on_our_side_alone(experiment, monkeypat
   result = json.loads(out.read_text())
   assert result["experiment"] == experiment and result["parameters"]["ours"] > 0
   assert result["ours examples/s"] > 0 and "ratio ours/torch" not in result
+
+
+@pytest.mark.slow  # a fresh process: the host devices must be set before JAX starts
+@pytest.mark.parametrize("experiment", ["transformer_lm", "seq2seq"])
+def test_train_step_runs_ours_data_parallel_over_host_devices(experiment, tmp_path):
+  import json
+  import subprocess
+  out = tmp_path / "result.json"
+  subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--experiment", experiment,
+                  "--preset", "tiny", "--host-devices", "2", "--rounds", "1", "--steps", "1",
+                  "--allow-load", "--out", str(out)], check=True, capture_output=True,
+                 timeout=600)
+  result = json.loads(out.read_text())
+  assert result["jax_devices"] == 2
+  assert next(v for k, v in result.items() if k.startswith("ours ") and k.endswith("/s")) > 0
