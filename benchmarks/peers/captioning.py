@@ -14,8 +14,10 @@ over ``train.losses``, taken from the call into the training loop by
   ``sigmoid(w . h + b)`` on the context, ``nn.LSTMCell`` fed ``[embed(y); z]``, logits
   ``W_out [h; z; embed(y)] + b``;
 * loss: token cross-entropy over the mask / token count plus ``attention_penalty`` times the batch
-  mean of the doubly stochastic penalty ``sum_i (1 - sum_t mask_t a_ti)^2``; Adam, the
-  warmup-cosine schedule and global-norm clipping of the config.
+  mean of the doubly stochastic penalty ``sum_i (1 - sum_t mask_t a_ti)^2``, plus
+  ``continuity_weight`` times the attention mass moving between consecutive content words (the
+  earlier map detached) over the token count; Adam, the warmup-cosine schedule and global-norm
+  clipping of the config.
 
 The one difference in parameters: ``nn.LSTMCell`` has two biases (input and hidden side) where
 Flax's cell has one; the input-side one stays at zero without a gradient and is not counted.
@@ -78,8 +80,11 @@ def ours(config, model, batch):
 
 def ours_loss(config, sums):
   """The loss ``train.losses`` minimised, from the step's metric sums."""
-  return (sums["loss_sum"] / sums["token_count"] + config.model.attention_penalty
+  loss = (sums["loss_sum"] / sums["token_count"] + config.model.attention_penalty
           * sums["attention_penalty_sum"] / sums["example_count"])
+  if continuity_weight(config) > 0:
+    loss = loss + continuity_weight(config) * sums["attention_moved_sum"] / sums["token_count"]
+  return loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,12 +104,11 @@ def torch_model(config, vocab=VOCAB):
   unsupported = {"attention": m.attention != "soft", "coverage": m.coverage,
                  "coordinates": m.coordinates, "dropout_rate": m.dropout_rate,
                  "init_dropout_rate": m.init_dropout_rate,
-                 "context_pool": m.get("context_pool", 0),
-                 "continuity_weight": m.get("continuity_weight", 0.0)}
+                 "context_pool": m.get("context_pool", 0)}
   if any(unsupported.values()):
     fields = ", ".join(f"model.{k}" for k, v in unsupported.items() if v)
     raise ValueError(f"the PyTorch peer has soft attention without coverage, CoordConv input, "
-                     f"context pooling, the continuity penalty or dropout; not {fields}")
+                     f"context pooling or dropout; not {fields}")
   size = configs.image_size(config)
 
   class Captioner(nn.Module):
@@ -209,20 +213,37 @@ def torch_batch(batch):
   return out
 
 
+def continuity_weight(config) -> float:
+  """The phrase-continuity weight ``train_model`` uses (the embedded scenes only)."""
+  if config.data.dataset != configs.EMBEDDED:
+    return 0.0
+  return float(config.model.get("continuity_weight", 0.0))
+
+
 def torch_loss_fn(config):
-  penalty = float(config.model.attention_penalty)
+  penalty, continuity = float(config.model.attention_penalty), continuity_weight(config)
+  words = shapes_captions.WordTokenizer().words
+  is_content = torch.tensor([w in shapes_captions.CONTENT_WORDS for w in words])
 
   def loss_fn(model, batch):
     """``train.losses`` (soft attention): token cross-entropy / token count + penalty * the
-    batch mean of the doubly stochastic penalty."""
+    batch mean of the doubly stochastic penalty + the continuity weight * the attention mass
+    that moves between consecutive content words (the earlier map detached) / token count."""
     logits, weights = model(batch["image"], batch["decoder_inputs"])
     mask = batch["target_mask"].float()
     losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1).long(),
         reduction="none")
-    caption = (losses * mask.reshape(-1)).sum() / mask.sum().clamp(min=1)
+    tokens = mask.sum().clamp(min=1)
     coverage = (weights * mask[..., None]).sum(dim=1)
-    return caption + penalty * ((1.0 - coverage) ** 2).sum(dim=-1).mean()
+    loss = (losses * mask.reshape(-1)).sum() / tokens + penalty * (
+        (1.0 - coverage) ** 2).sum(dim=-1).mean()
+    if continuity > 0:
+      on = is_content[batch["targets"].long()] & batch["target_mask"]
+      pairs = (on[:, 1:] & on[:, :-1]).float()
+      overlap = torch.minimum(weights[:, 1:], weights[:, :-1].detach()).sum(-1)
+      loss = loss + continuity * (pairs * (1.0 - overlap)).sum() / tokens
+    return loss
 
   return loss_fn
 

@@ -72,10 +72,12 @@ def captioning_setup():
   model = captioning.make_model(config)
   peer = captioning.torch_model(config)
   penalty = float(config.model.attention_penalty)
+  assert captioning.continuity_weight(config) > 0  # the default's continuity term is compared too
 
   def jax_loss(params):  # train.losses, as train_model's loss_fn calls it
-    return captioning.captioning_train.losses(model, params, batch, penalty,
-                                              deterministic=False, rng=jax.random.key(0))[0]
+    return captioning.captioning_train.losses(
+        model, params, batch, penalty, deterministic=False, rng=jax.random.key(0),
+        continuity_weight=captioning.continuity_weight(config))[0]
 
   return Setup(captioning, config, model, batch, peer, captioning.param_map(peer),
                captioning.torch_batch(batch), captioning.torch_loss_fn(config), jax_loss,
