@@ -39,6 +39,10 @@ class PresetStep:
   int_high: dict[str, int]
   unit: str
   per_step: int
+  #: Parameters the experiment adds beside the model's (hard attention's baseline).
+  extra_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+  #: Wraps the plain step as the experiment does (hard attention's baseline update).
+  wrap_step: Callable[[Callable], Callable] | None = None
 
   def _init(self, params):
     tx, _ = training.make_optimizer(self.config)
@@ -46,7 +50,7 @@ class PresetStep:
 
   def _params(self, key):
     inputs = [jnp.zeros(s.shape, s.dtype) for s in self.init_inputs]
-    return self.model.init(key, *inputs)["params"]
+    return {**self.model.init(key, *inputs)["params"], **self.extra_params}
 
   def abstract_state(self):
     """The train state as shapes (``jax.eval_shape``: nothing allocated)."""
@@ -58,7 +62,8 @@ class PresetStep:
 
   def train_step(self):
     """The jitted ``(state, batch) -> (state, metric sums)``."""
-    return jax.jit(training.make_train_step(self.loss_fn, jit=False))
+    step = training.make_train_step(self.loss_fn, jit=False)
+    return jax.jit(step if self.wrap_step is None else self.wrap_step(step))
 
   def with_batch_size(self, batch_size: int) -> "PresetStep":
     """The same step on ``batch_size`` examples (a smoke run on a CPU)."""
@@ -188,10 +193,10 @@ def cnn_self_attention() -> PresetStep:
 
 
 def captioning(attention: str) -> PresetStep:
-  from experiments.captioning import config as configs
+  from experiments.captioning import config as caption_configs
   from experiments.captioning import train
 
-  config = configs.get_config("gpu")
+  config = caption_configs.get_config("gpu")
   config.model.attention = attention
   model = train.make_model(config)
   size, length = shapes_captions.IMAGE_SIZE, config.data.max_caption_len
@@ -201,15 +206,27 @@ def captioning(attention: str) -> PresetStep:
            "target_mask": jax.ShapeDtypeStruct((config.batch_size, length), jnp.bool_)}
   penalty = float(config.model.attention_penalty)
   words = len(shapes_captions.WordTokenizer().words)
+  m = config.model
+  # As train.train_model: the loss's weights, and for hard attention the baseline parameter
+  # with its moving-average update after each step.
+  weights = dict(reinforce_weight=float(m.reinforce_weight),
+                 entropy_weight=float(m.entropy_weight),
+                 continuity_weight=(float(m.continuity_weight)
+                                    if config.data.dataset == caption_configs.EMBEDDED else 0.0))
+  hard = attention == "hard"
 
   def loss_fn(params, batch, rng):
-    return train.losses(model, params, batch, penalty, deterministic=False, rng=rng)
+    return train.losses(model, params, batch, penalty, deterministic=False, rng=rng, **weights)
 
-  return PresetStep(f"captioning_{attention}", config, model, loss_fn,
-                    [jax.ShapeDtypeStruct((2, size, size, 3), jnp.uint8),
-                     jax.ShapeDtypeStruct((2, length), jnp.int32)], batch,
-                    {"image": 255, "decoder_inputs": words - 1, "targets": words - 1},
-                    "images", config.batch_size)
+  return PresetStep(
+      f"captioning_{attention}", config, model, loss_fn,
+      [jax.ShapeDtypeStruct((2, size, size, 3), jnp.uint8),
+       jax.ShapeDtypeStruct((2, length), jnp.int32)], batch,
+      {"image": 255, "decoder_inputs": words - 1, "targets": words - 1}, "images",
+      config.batch_size,
+      extra_params={train.BASELINE: jnp.zeros((), jnp.float32)} if hard else {},
+      wrap_step=((lambda step: train.with_baseline_update(step, float(m.baseline_decay)).unjitted)
+                 if hard else None))
 
 
 def all_presets() -> dict[str, Callable[[], PresetStep]]:
@@ -220,6 +237,7 @@ def all_presets() -> dict[str, Callable[[], PresetStep]]:
           "cnn_self_attention": cnn_self_attention,
           "captioning_soft": lambda: captioning("soft"),
           "captioning_none": lambda: captioning("none"),
+          "captioning_hard": lambda: captioning("hard"),
           **{f"seq2seq_{a}": (lambda a=a: rnn_seq2seq(a))
              for a in rnn_configs.get_config("gpu").attentions},
           **{f"sequence_processing_{n}": (lambda n=n: sequence_processing(n))

@@ -87,7 +87,8 @@ def test_captioning_gpu_preset_beam_search_decoder_lowers(attention):
                                       config.data.max_caption_len)
   size = shapes_captions.IMAGE_SIZE
   exported = export.export(decode, platforms=["cuda", "tpu"])(
-      preset.abstract_state().params, jax.ShapeDtypeStruct((8, size, size, 3), jnp.uint8))
+      caption_train.model_params(preset.abstract_state().params),
+      jax.ShapeDtypeStruct((8, size, size, 3), jnp.uint8))
   assert exported.out_avals[0].shape == (8, config.data.max_caption_len)
 
 
