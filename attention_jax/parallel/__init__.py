@@ -6,7 +6,8 @@ A run's mesh comes from ``config.mesh`` (axes ``data``, ``fsdp``, ``sequence``);
 own. See README "Scaling out".
 """
 
-from attention_jax.parallel.distributed import initialize, settings as distributed_settings
+from attention_jax.parallel.distributed import (initialize, settings as distributed_settings,
+                                                use_host_devices)
 from attention_jax.parallel.mesh import (AXES, BATCH_AXES, batch_parallelism,
                                          default_mesh_config, make_mesh, mesh_shape,
                                          single_device_mesh, validate_mesh_config)
@@ -21,5 +22,5 @@ __all__ = [
     "default_mesh_config", "distributed_settings", "initialize", "local_rows", "make_mesh",
     "mesh_shape", "param_spec", "place_batch", "place_local_batch", "place_state",
     "process_box", "ring_attention", "ring_attention_shard", "sharded_train_step",
-    "single_device_mesh", "state_shardings", "validate_mesh_config",
+    "single_device_mesh", "state_shardings", "use_host_devices", "validate_mesh_config",
 ]

@@ -80,3 +80,35 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**(resolved or {}))
   return True
+
+
+ENV_HOST_DEVICES = "ATTENTION_JAX_HOST_DEVICES"
+_HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def use_host_devices(count: int | None = None) -> bool:
+  """Splits the CPU into ``count`` XLA host devices (default ``$ATTENTION_JAX_HOST_DEVICES``;
+  neither: leaves it whole), so that a run's mesh trains data-parallel over them: one program
+  per device, each on its own thread, where one device runs each small kernel across the cores
+  with a synchronisation per kernel. Must come before JAX starts its CPU backend.
+
+  Returns:
+    Whether the device count was set.
+
+  Raises:
+    ValueError: ``count < 1``, or JAX's backends already started (naming the flag).
+  """
+  if count is None:
+    count = _env_int(ENV_HOST_DEVICES)
+  if count is None:
+    return False
+  if count < 1:
+    raise ValueError(f"--host_devices must be >= 1, got {count}")
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if xla_bridge.backends_are_initialized():
+    raise ValueError(f"--host_devices={count} must be set before JAX starts its backends (a "
+                     f"JAX computation ran before it)")
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(
+      _HOST_DEVICE_FLAG)]
+  os.environ["XLA_FLAGS"] = " ".join([*kept, f"{_HOST_DEVICE_FLAG}={count}"])
+  return True

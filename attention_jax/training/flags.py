@@ -1,5 +1,6 @@
-"""The absl flags of an experiment script: ``--config``, ``--workdir`` and the several-process
-flags (``--coordinator_address``, ``--num_processes``, ``--process_id``, ``--distributed_auto``)."""
+"""The absl flags of an experiment script: ``--config``, ``--workdir``, the several-process
+flags (``--coordinator_address``, ``--num_processes``, ``--process_id``, ``--distributed_auto``)
+and ``--host_devices`` (data parallelism over the cores of one CPU)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,28 @@ def _define_distributed_flags(flags, flag_values) -> None:
       "distributed_auto", None, "jax.distributed.initialize() with the cluster's own settings "
       "(Cloud TPU slices, SLURM, Open MPI); default $JAX_DISTRIBUTED_AUTO.",
       flag_values=flag_values)
+  host_devices = flags.DEFINE_integer(
+      "host_devices", None, "Split this CPU into N XLA host devices and train data-parallel "
+      "over them (config.mesh), one program per device; the batch must divide by N. Default "
+      "$ATTENTION_JAX_HOST_DEVICES (unset: one device).", flag_values=flag_values)
   if flag_values is flags.FLAGS:
-    app.call_after_init(lambda: parallel.initialize(address.value, num.value, pid.value,
-                                                    auto=auto.value))
+    app.call_after_init(_one_line_errors(lambda: parallel.use_host_devices(host_devices.value)))
+    app.call_after_init(_one_line_errors(lambda: parallel.initialize(
+        address.value, num.value, pid.value, auto=auto.value)))
+
+
+def _one_line_errors(callback):
+  """``callback`` with a bad setting (``ValueError``) reported as the experiments report bad
+  flags: one line and exit status 2, or the traceback with ``--traceback``."""
+
+  def call():
+    from attention_jax.training import launch  # launch imports this module
+
+    try:
+      callback()
+    except ValueError as e:
+      if launch.wants_traceback():
+        raise
+      launch.exit_with(str(e))
+
+  return call
