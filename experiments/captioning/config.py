@@ -13,7 +13,9 @@ Presets (``config.py:<preset>``):
   hard     the default model on the hard scene (``data.dataset_config="hard"``); set
            ``--config.model.attention=hard`` or ``none`` to compare (README).
   hard_weak  the hard scene with a weaker encoder: the first 3 of the 5 convolutions (a cell's
-           receptive field 9 pixels instead of 25), the rest as ``hard``.
+           receptive field 9 pixels instead of 25), the rest as ``hard``. Measured (seeds 0-1,
+           greedy, 500 test images, continuity_weight 0): BLEU-4 85.0, exact 41.5%, against
+           88.5 / 46.7% for ``hard`` and 48.7 / 7.4% without attention.
 """
 
 import ml_collections
