@@ -35,8 +35,8 @@ def test_the_benchmark_scripts_run(module, argv, expect, monkeypatch, capsys):
   assert expect in out and "load average" in out
 
 
-@pytest.mark.parametrize("experiment", [  # the two share the driver: one in the default run
-    "seq2seq", pytest.param("captioning", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the driver runs in the default suite with the LM (above)
+@pytest.mark.parametrize("experiment", ["seq2seq", "captioning"])
 def test_train_step_runs_each_experiment_on_our_side_alone(experiment, monkeypatch, capsys,
                                                             tmp_path):
   """``--experiment`` without PyTorch (as where it is not installed): the experiment's own step,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from attention_jax.models import transformer
 from experiments.transformer_lm import config as lm_configs
@@ -49,6 +50,7 @@ def _run(dtype: str, steps: int = 40):
   return np.asarray(losses), params, opt_state, grads, model, batch
 
 
+@pytest.mark.slow  # a learning curve (two 40-step runs); the gpu presets' lowering is in the default run
 def test_bf16_training_follows_the_float32_loss_curve_with_float32_state():
   f32, *_ = _run("float32")
   bf16, params, opt_state, grads, model, batch = _run("bfloat16")

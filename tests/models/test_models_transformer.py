@@ -65,14 +65,15 @@ def test_lm_cache_decoding_matches_full_pass(options):
 def test_lm_chunked_decode_with_apply():
   model = transformer.DecoderOnlyLM(_config(positions="sinusoidal"))
   x = _tokens(2)
-  params = model.init(jax.random.key(0), x)["params"]
-  full = model.apply({"params": params}, x)
+  # Compiled (init, the full pass, one program per chunk length): op by op costs seconds.
+  params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+  full = jax.jit(model.apply)({"params": params}, x)
   decoder = model.clone(decode=True)
-  cache = decoder.init(jax.random.key(0), jnp.zeros((B, T), jnp.int32))["cache"]
+  cache = jax.jit(decoder.init)(jax.random.key(0), jnp.zeros((B, T), jnp.int32))["cache"]
+  chunk = jax.jit(lambda variables, x: decoder.apply(variables, x, mutable=["cache"]))
   outs = []
   for start, stop in [(0, 5), (5, 6), (6, 8), (8, 10)]:
-    out, state = decoder.apply({"params": params, "cache": cache}, x[:, start:stop],
-                               mutable=["cache"])
+    out, state = chunk({"params": params, "cache": cache}, x[:, start:stop])
     cache = state["cache"]
     outs.append(out)
   np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
@@ -104,16 +105,18 @@ def test_encoder_decoder_cache_matches_teacher_forcing(options):
   model = transformer.EncoderDecoder(_config(**options))
   src, tgt = _tokens(4, (B, 7)), _tokens(5, (B, 6))
   lengths = jnp.array([7, 4])
-  params = model.init(jax.random.key(0), src, tgt, lengths)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), src, tgt, lengths)["params"]
   assert set(params) == {"embedder", "encoder", "decoder"}  # one embedding, shared
-  full = model.apply({"params": params}, src, tgt, lengths)
+  apply = jax.jit(model.apply)
+  full = apply({"params": params}, src, tgt, lengths)
   # Padding beyond the length does not matter.
   padded = src.at[1, 4:].set(0)
-  np.testing.assert_allclose(model.apply({"params": params}, padded, tgt, lengths)[1],
+  np.testing.assert_allclose(apply({"params": params}, padded, tgt, lengths)[1],
                              full[1], atol=1e-5)
   init_fn, step_fn = transformer.encoder_decoder_decoding_fns(model, params, src, lengths,
                                                               max_len=6)
-  state = init_fn()
+  state = jax.jit(init_fn)()
+  step_fn = jax.jit(step_fn)  # one compiled step for every token
   outs = []
   for t in range(6):
     out, state, _ = step_fn(state, tgt[:, t])

@@ -1,5 +1,7 @@
 """Permutation equivariance and positions, masks, and additive (Bahdanau) attention."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import reference_numpy
 from attention_jax import ops
 
 
+@functools.partial(jax.jit, static_argnames=("positions", "rotary"))
 def self_attention(x, w_q, w_k, w_v, positions=None, rotary=False):
   """x [length, d] -> [length, d_v], one head, the lecture's Q = X W_Q, K = X W_K, V = X W_V."""
   if positions == "sinusoidal":

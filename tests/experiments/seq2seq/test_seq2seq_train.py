@@ -22,7 +22,9 @@ def test_tiny_run_trains_both_models_and_writes_results(tmp_path, check_png,
   workdir = str(tmp_path / "run")
   # The run's shared preparation of the data (tests/conftest.py), copied: the run reads its own.
   shutil.copytree(dates_small_data_dir, tmp_path / "tfds")
-  results = seq2seq.run(tiny_config(tmp_path), workdir)
+  config = tiny_config(tmp_path)
+  config.checkpoint_every = config.num_steps  # checkpoints and resuming: tests/reliability
+  results = seq2seq.run(config, workdir)
   assert set(results["models"]) == {"none", "additive"}
   for attention, result in results["models"].items():
     for split in ("test", "test_long"):
