@@ -370,6 +370,15 @@ _FLASH_MIN_LOGIT_BYTES = 256 * 2**20
 _CPU_FLASH_MIN_LOGITS = 128 * 128
 
 
+def _pallas_gpu_default_fits(query, value) -> bool:
+  """Head sizes the default hands to the Pallas GPU kernel, whose 128 x 128 tiles of queries,
+  keys and values (keys and values double-buffered) sit in shared memory: up to 128 features in
+  16 bits, 64 in float32 (128 would need ~320 KiB, more than a GPU has). Larger heads take the
+  blockwise path unless ``implementation="pallas_gpu"`` is asked for. Not yet checked on a GPU."""
+  features = max(query.shape[-1], value.shape[-1])
+  return features <= (64 if query.dtype == jnp.float32 else 128)
+
+
 def _default_platform() -> str:
   """The default backend as a lowering platform name: ``"cpu"``, ``"cuda"``, ``"rocm"``,
   ``"tpu"`` (``jax.default_backend()`` says ``"gpu"`` for both CUDA and ROCm)."""
@@ -412,6 +421,7 @@ def _choose_path(spec: AttentionSpec, query, key, value, bias, mask, segment_ids
       # On a GPU, where cuDNN does not apply (float32, packed sequences), JAX's Pallas flash
       # kernel; short sequences stay on the reference, which XLA fuses.
       if (platform == "cuda" and not return_residual
+          and _pallas_gpu_default_fits(query, value)
           and accelerators.pallas_gpu_supports(query, key, value, bias, mask, segment_ids,
                                                lengths, spec)):
         return "pallas_gpu"

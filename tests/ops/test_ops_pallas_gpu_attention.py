@@ -120,6 +120,17 @@ def test_default_path_on_a_gpu(monkeypatch, platform, length, dtype, kwargs, pat
   assert _dispatch(monkeypatch, platform, length, dtype, **kwargs) == path
 
 
+def test_default_leaves_heads_too_large_for_the_kernels_tiles_to_the_blockwise_path(monkeypatch):
+  monkeypatch.setattr(attention, "_default_platform", lambda: "cuda")
+  spec = spec_lib.make_spec(scale=None, head_dim=128, is_causal=True)
+  choose = lambda dtype, dim: attention._choose_path(  # noqa: E731
+      spec, jnp.zeros((1, 256, 2, dim), dtype), jnp.zeros((1, 256, 2, dim), dtype),
+      jnp.zeros((1, 256, 2, dim), dtype), None, None, None, (None, None), False)
+  assert choose(jnp.float32, 64) == "pallas_gpu" and choose(jnp.float32, 128) == "flash"
+  # 16-bit heads of 256 (cuDNN takes <= 128): too large for the tiles as well.
+  assert choose(jnp.bfloat16, 256) == "flash"
+
+
 def test_default_path_on_cuda_runs_the_pallas_kernel_with_our_values(monkeypatch):
   monkeypatch.setattr(attention, "_default_platform", lambda: "cuda")
   q, k, v = reference_numpy.random_qkv(5, 256, 256, 2, 1, D)
