@@ -164,8 +164,6 @@ def test_a_changed_parameter_changes_the_loss(setup):
 def test_the_experiment_step_and_the_peer_step_agree(setup):
   """Three updates of the experiment's own jitted step against the peer's (Adam, schedule,
   clipping): the same losses and gradient norms, then the same parameters."""
-  if setup.peer is seq2seq and not hasattr(setup.torch_model, "score"):
-    pytest.skip("the fixed-context seq2seq shares the additive one's step (its cells are tested)")
   peer = setup.torch_model
   saved = [p.detach().clone() for p in peer.parameters()]
   optimizer, scheduler = common.make_optimizer(setup.config, peer.parameters())
