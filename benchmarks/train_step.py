@@ -39,12 +39,12 @@ import argparse
 import dataclasses
 import importlib
 import json
-import os
 import statistics
 import time
 
 import jax
 
+from attention_jax import parallel
 from benchmarks import load
 from benchmarks.peers import common
 
@@ -86,10 +86,10 @@ def parse_args(argv=None):
 def main():
   args = parse_args()
   if args.host_devices:
-    if jax._src.xla_bridge.backends_are_initialized():  # noqa: SLF001
-      raise SystemExit("--host-devices must be set before JAX starts its CPU backend")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.host_devices}")
+    try:
+      parallel.use_host_devices(args.host_devices)
+    except ValueError as e:
+      raise SystemExit(str(e).replace("--host_devices", "--host-devices")) from None
   if torch is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   module = peer_module(args.experiment)

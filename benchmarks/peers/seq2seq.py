@@ -57,7 +57,8 @@ def random_batch(config, batch_size=None, source_vocab=SOURCE_VOCAB, target_voca
   lengths in the training split's ranges."""
   rng = np.random.default_rng(seed)
   b = batch_size or config.batch_size
-  s, t = config.data.max_input_len, config.data.max_target_len
+  # Padded as the experiment pads its training batches (not to test_long's max_input_len).
+  s, t = task.train_input_len(config), config.data.max_target_len
   input_lengths = rng.integers(SOURCE_LENGTHS[0], min(SOURCE_LENGTHS[1], s) + 1, size=b)
   target_lengths = rng.integers(min(TARGET_LENGTHS[0], t), min(TARGET_LENGTHS[1], t) + 1, size=b)
   inputs = np.where(np.arange(s) < input_lengths[:, None],
@@ -231,7 +232,7 @@ def setup(config, args, with_torch: bool) -> common.Peer:
   describe = (f"seq2seq preset {config.preset!r} ({args.attention} attention): bidirectional "
               f"{m.cell_type.upper()} encoder + decoder, embed {m.embed_dim}, hidden "
               f"{m.hidden_dim}, attention {m.attention_dim}, batch {config.batch_size}, source "
-              f"{config.data.max_input_len} (lengths {SOURCE_LENGTHS[0]}-{SOURCE_LENGTHS[1]}), "
+              f"{task.train_input_len(config)} (lengths {SOURCE_LENGTHS[0]}-{SOURCE_LENGTHS[1]}), "
               f"target {config.data.max_target_len}, vocab {args.source_vocab_size}/"
               f"{args.target_vocab_size}, {config.optimizer} + clipping")
   return common.Peer(sides, "examples", config.batch_size, describe)
