@@ -209,12 +209,8 @@ def captioning(attention: str) -> PresetStep:
   m = config.model
   # As train.train_model: the loss's weights, and for hard attention the baseline parameter
   # with its moving-average update after each step.
-  weights = dict(reinforce_weight=float(m.reinforce_weight),
-                 entropy_weight=float(m.entropy_weight),
-                 continuity_weight=(float(m.continuity_weight)
-                                    if config.data.dataset == caption_configs.EMBEDDED else 0.0))
-  hard = attention == "hard"
-
+  weights = train.loss_weights(config)
+  baseline = train.initial_baseline(config)
   def loss_fn(params, batch, rng):
     return train.losses(model, params, batch, penalty, deterministic=False, rng=rng, **weights)
 
@@ -224,9 +220,9 @@ def captioning(attention: str) -> PresetStep:
        jax.ShapeDtypeStruct((2, length), jnp.int32)], batch,
       {"image": 255, "decoder_inputs": words - 1, "targets": words - 1}, "images",
       config.batch_size,
-      extra_params={train.BASELINE: jnp.zeros((), jnp.float32)} if hard else {},
-      wrap_step=((lambda step: train.with_baseline_update(step, float(m.baseline_decay)).unjitted)
-                 if hard else None))
+      extra_params={} if baseline is None else {train.BASELINE: baseline},
+      wrap_step=(None if baseline is None else
+                 lambda step: train.baseline_update(config)(step).unjitted))
 
 
 def all_presets() -> dict[str, Callable[[], PresetStep]]:

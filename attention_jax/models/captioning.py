@@ -236,6 +236,16 @@ class Captioner(nn.Module):
                              deterministic: bool = True):
     """:meth:`decode_step` that also returns the attention distribution ``a_t [B, N]`` (for
     hard attention the weights used are a one-hot sample of it)."""
+    outputs, state, used, probs = self._recurrent_step(memory, state, tokens, deterministic)
+    return self._output_layer(outputs, deterministic), state, used, probs
+
+  def _output_layer(self, outputs, deterministic: bool):
+    """``[..., F] -> logits [..., V]``: dropout, then ``W_out``."""
+    return self.output_dense(self.dropout(outputs, deterministic=deterministic))
+
+  def _recurrent_step(self, memory: CaptionMemory, state, tokens, deterministic: bool):
+    """One word up to the output layer: ``([h_t; z_t; embed(y_{t-1})] [B, F], new_state,
+    used [B, N], a_t [B, N])``."""
     if jnp.ndim(tokens) != 1 or not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
       raise ValueError(f"tokens must be int [batch], got {jnp.result_type(tokens)}"
                        f"{list(jnp.shape(tokens))}")
@@ -273,30 +283,40 @@ class Captioner(nn.Module):
     context = context.astype(embedded.dtype)
     lstm_state, output = self.cell(state[:2], jnp.concatenate([embedded, context], axis=-1))
     state = lstm_state + ((state[2] + used.astype(jnp.float32),) if self.coverage else ())
-    outputs = self.dropout(jnp.concatenate([output, context, embedded], axis=-1),
-                           deterministic=deterministic)
-    return self.output_dense(outputs), state, used, probs
+    return jnp.concatenate([output, context, embedded], axis=-1), state, used, probs
 
   def __call__(self, images, decoder_inputs, deterministic: bool = True,
-               return_probs: bool = False):
+               return_probs: bool = False, num_samples: int = 1):
     """Teacher forcing: ``images [B, S, S, 3]``, ``decoder_inputs int [B, T]`` (BOS + words)
     -> ``(logits [B, T, V], attention [B, T, N])``, with ``return_probs`` also the attention
-    distributions ``[B, T, N]`` (the same as the attention unless it is hard)."""
+    distributions ``[B, T, N]`` (the same as the attention unless it is hard).
+
+    ``num_samples = K > 1`` decodes every caption ``K`` times from one encoding (for several
+    hard-attention samples per image): the outputs are ``[B * K, ...]``, example ``b``'s samples
+    at rows ``b * K .. b * K + K - 1``."""
     if jnp.ndim(decoder_inputs) != 2 or decoder_inputs.shape[0] != jnp.shape(images)[0]:
       raise ValueError(f"decoder_inputs must be int [batch, T] with the batch of images "
                        f"{jnp.shape(images)}, got shape {jnp.shape(decoder_inputs)}")
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     memory = self.encode(images)
+    if num_samples > 1:
+      memory = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0), memory)
+      decoder_inputs = jnp.repeat(decoder_inputs, num_samples, axis=0)
 
+    # The output layer runs once over all steps after the scan (one [B * T, F] x [F, V]
+    # product instead of T small ones, forward and backward); the same products as
+    # decode_step's.
     def step(module, state, memory, tokens):
-      logits, state, used, probs = module.decode_step_with_probs(memory, state, tokens,
-                                                                 deterministic)
-      return state, (logits, used, probs)
+      outputs, state, used, probs = module._recurrent_step(memory, state, tokens, deterministic)
+      return state, (outputs, used, probs)
 
     scan = nn.scan(step, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True, "sample": True},
                    in_axes=(nn.broadcast, 1), out_axes=1)
     start = self.initial_state(memory, deterministic)
-    _, (logits, used, probs) = scan(self, start, memory, decoder_inputs)
+    _, (outputs, used, probs) = scan(self, start, memory, decoder_inputs)
+    logits = self._output_layer(outputs, deterministic)
     return (logits, used, probs) if return_probs else (logits, used)
 
 
@@ -372,23 +392,86 @@ def reinforce_surrogate(log_likelihood, log_prob_locations, entropy, baseline,
            + entropy_weight * entropy)
 
 
-def hard_attention_terms(used, probs, mask) -> tuple[Array, Array]:
-  """``(sum_t log p(s_t | a), sum_t H(a_t))`` per example over the real steps.
+def hard_attention_step_log_probs(used, probs, mask) -> Array:
+  """``log p(s_t | a_t)`` per example and real step, ``[B, T]`` (0 at padding steps and at steps
+  that read the expected context).
 
   Args:
     used: ``[B, T, N]`` one-hot sampled locations; a step whose row is not one-hot read the
-      expected context (``Captioner.expected_context_prob``) and adds nothing to the first sum.
+      expected context (``Captioner.expected_context_prob``) and is left out (its gradient
+      reaches the attention through the context).
     probs: ``[B, T, N]`` the attention distributions they were drawn from.
     mask: ``[B, T]`` the real (non-padding) steps.
   """
   probs = jnp.asarray(probs, jnp.float32)
   used = jax.lax.stop_gradient(jnp.asarray(used, jnp.float32))
   log_probs = jnp.log(jnp.maximum(probs, 1e-30))
-  mask = jnp.asarray(mask, jnp.float32)
   sampled = jnp.all((used == 0) | (used == 1), axis=-1).astype(jnp.float32)
-  log_prob = jnp.sum(jnp.sum(used * log_probs, -1) * mask * sampled, -1)
-  entropy = jnp.sum(-jnp.sum(probs * log_probs, -1) * mask, -1)
-  return log_prob, entropy
+  return jnp.sum(used * log_probs, -1) * jnp.asarray(mask, jnp.float32) * sampled
+
+
+def hard_attention_terms(used, probs, mask) -> tuple[Array, Array]:
+  """``(sum_t log p(s_t | a), sum_t H(a_t))`` per example over the real steps (arguments as
+  :func:`hard_attention_step_log_probs`)."""
+  probs = jnp.asarray(probs, jnp.float32)
+  log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+  entropy = jnp.sum(-jnp.sum(probs * log_probs, -1) * jnp.asarray(mask, jnp.float32), -1)
+  return jnp.sum(hard_attention_step_log_probs(used, probs, mask), -1), entropy
+
+
+REINFORCE_REWARDS = ("caption", "to_go")
+
+
+def reinforce_rewards(token_log_likelihood, kind: str) -> Array:
+  """The reward credited to each step's sampled location, ``[B, T]``, from
+  ``token_log_likelihood [B, T]`` (``log p(y_t | ...)``, 0 at padding):
+
+  - ``"caption"`` (Xu et al.): every step gets the caption's ``log p(y | s~)``;
+  - ``"to_go"``: step ``t`` gets ``sum_{t' >= t} log p(y_t' | ...)``, the words its location can
+    still change. ``s_t`` is drawn after ``y_<t`` were predicted, so the dropped terms are
+    independent of it and the estimate stays unbiased, with less variance (the words before a
+    step no longer add noise to its credit).
+  """
+  if kind not in REINFORCE_REWARDS:
+    raise ValueError(f"reward must be one of {REINFORCE_REWARDS}, got {kind!r}")
+  token_log_likelihood = jnp.asarray(token_log_likelihood, jnp.float32)
+  if kind == "caption":
+    total = jnp.sum(token_log_likelihood, -1, keepdims=True)
+    return jnp.broadcast_to(total, token_log_likelihood.shape)
+  return jnp.flip(jnp.cumsum(jnp.flip(token_log_likelihood, -1), -1), -1)
+
+
+def leave_one_out_baseline(rewards, num_samples: int) -> Array:
+  """For ``rewards [B * K, ...]`` holding ``K = num_samples`` consecutive samples of each
+  example, each sample's baseline is the mean reward of the example's other ``K - 1`` samples
+  (Kool et al. 2019): independent of its own sample, so the estimate stays unbiased."""
+  if num_samples < 2 or rewards.shape[0] % num_samples:
+    raise ValueError(f"num_samples must be >= 2 and divide the batch {rewards.shape[0]}, got "
+                     f"{num_samples}")
+  grouped = rewards.reshape(-1, num_samples, *rewards.shape[1:])
+  others = (jnp.sum(grouped, 1, keepdims=True) - grouped) / (num_samples - 1)
+  return others.reshape(rewards.shape)
+
+
+def reinforce_surrogate_per_step(token_log_likelihood, step_log_probs, entropy, baseline,
+                                 reward: str = "to_go", reinforce_weight: float = 1.0,
+                                 entropy_weight: float = 0.0) -> Array:
+  """:func:`reinforce_surrogate` with a reward and a baseline per step: the negative of
+  ``log p(y | s~) + lambda_r sum_t sg(R_t - b_t) log p(s~_t) + lambda_e H``, ``R_t`` from
+  :func:`reinforce_rewards`.
+
+  Args:
+    token_log_likelihood: ``[B, T]``, ``log p(y_t | s~, ...)`` (0 at padding; differentiable).
+    step_log_probs: ``[B, T]`` from :func:`hard_attention_step_log_probs`.
+    entropy: ``[B]``, ``sum_t H(a_t)``.
+    baseline: broadcastable to ``[B, T]`` (a scalar, a per-step ``[T]`` moving average, or
+      :func:`leave_one_out_baseline`); it must not depend on the sample it is compared with.
+  """
+  rewards = reinforce_rewards(token_log_likelihood, reward)
+  advantage = jax.lax.stop_gradient(rewards - baseline)
+  log_likelihood = jnp.sum(jnp.asarray(token_log_likelihood, jnp.float32), -1)
+  return -(log_likelihood + reinforce_weight * jnp.sum(advantage * step_log_probs, -1)
+           + entropy_weight * entropy)
 
 
 def decoding_fns(model: Captioner, variables, images):

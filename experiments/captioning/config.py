@@ -94,6 +94,12 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   config.model.reinforce_weight = 1.0
   config.model.entropy_weight = 0.01
   config.model.baseline_decay = 0.9
+  # What each sampled location is credited with: "caption" (Xu et al.: the caption's
+  # log-likelihood) or "to_go" (the log-likelihood of the words from its step on; unbiased too,
+  # less noisy); and K samples per image (> 1: each sample's baseline is the mean of the other
+  # K - 1, replacing the moving average; K times the decoder's work).
+  config.model.reinforce_reward = "caption"
+  config.model.reinforce_samples = 1
   # the probability of reading the expected (soft) context instead of a sample, per word in
   # training (Xu et al. use 0.5; 0 = always sample)
   config.model.expected_context_prob = 0.0
@@ -198,6 +204,13 @@ def validate(config) -> None:
   if not 0 <= m.expected_context_prob <= 1:
     raise ConfigError(f"config.model.expected_context_prob must be in [0, 1], got "
                       f"{m.expected_context_prob!r}")
+  if m.reinforce_reward not in captioning.REINFORCE_REWARDS:
+    raise ConfigError(f"config.model.reinforce_reward must be one of "
+                      f"{', '.join(map(repr, captioning.REINFORCE_REWARDS))}, got "
+                      f"{m.reinforce_reward!r}")
+  if m.reinforce_samples < 1:
+    raise ConfigError(f"config.model.reinforce_samples must be >= 1, got "
+                      f"{m.reinforce_samples!r}")
   if not 0 <= m.baseline_decay < 1:
     raise ConfigError(f"config.model.baseline_decay must be in [0, 1), got {m.baseline_decay!r}")
   if m.context_pool < 0:

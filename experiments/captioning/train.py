@@ -146,43 +146,64 @@ def content_targets(targets, tokenizer) -> jax.Array:
 
 def losses(model, params, batch, penalty: float, deterministic: bool, rng=None,
            reinforce_weight: float = 1.0, entropy_weight: float = 0.0,
-           continuity_weight: float = 0.0, tokenizer=None):
+           continuity_weight: float = 0.0, tokenizer=None, reinforce_reward: str = "caption",
+           reinforce_samples: int = 1):
   """``(loss, sums)``: token cross-entropy + ``penalty * mean_b doubly_stochastic_penalty``
   (+ ``continuity_weight`` times :func:`captioning.phrase_continuity_penalty` summed over the
   batch and divided by the token count, when > 0; ``tokenizer`` says which words are content).
 
-  With hard attention (``params`` then holds the baseline under ``BASELINE``) and not
-  ``deterministic``, the caption term is :func:`captioning.reinforce_surrogate` over the sampled
-  locations (its sum over the batch divided by the token count, as the cross-entropy), and the
-  sums add ``reward_sum`` (``sum_b log p(y | s~)``) for the baseline's update.
+  With hard attention and not ``deterministic``, the caption term is
+  :func:`captioning.reinforce_surrogate_per_step` over the sampled locations (its sum over the
+  batch divided by the token count, as the cross-entropy), credited with ``reinforce_reward``
+  (:func:`captioning.reinforce_rewards`). With ``reinforce_samples = K > 1`` every caption is
+  decoded ``K`` times and each sample's baseline is the mean of its ``K - 1`` siblings;
+  otherwise ``params`` holds the moving-average baseline ``b`` under ``BASELINE`` that
+  :func:`with_baseline_update` keeps from ``reward_sum`` (``sum_b log p(y | s~)``): the mean
+  caption log-likelihood for the caption reward, the mean per word for the reward to go, whose
+  step ``t`` is then compared with ``b`` times the words left from ``t`` (known before any
+  sample, so the estimate stays unbiased).
   """
   params = dict(params)
   baseline = params.pop(BASELINE, None)
   rngs = None
   if rng is not None:  # the dropout rng as before hard attention existed
     rngs = {"dropout": rng, "sample": jax.random.fold_in(rng, 1)}
+  hard = model.attention == "hard" and not deterministic
+  samples = reinforce_samples if hard else 1
   logits, used, probs = model.apply({"params": params}, batch["image"], batch["decoder_inputs"],
-                                    deterministic=deterministic, return_probs=True, rngs=rngs)
-  sums = training.classification_sums(logits, batch["targets"], batch["target_mask"])
-  reg = captioning.doubly_stochastic_penalty(probs, batch["target_mask"])
+                                    deterministic=deterministic, return_probs=True, rngs=rngs,
+                                    num_samples=samples)
+  targets, mask = batch["targets"], batch["target_mask"]
+  if samples > 1:
+    targets, mask = (jnp.repeat(x, samples, axis=0) for x in (targets, mask))
+  sums = training.classification_sums(logits, targets, mask)
+  reg = captioning.doubly_stochastic_penalty(probs, mask)
   tokens = jnp.maximum(sums["token_count"], 1.0)
   extra = {}
-  if model.attention == "hard" and not deterministic:
+  if hard:
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_p, batch["targets"][..., None], axis=-1)[..., 0]
-    log_likelihood = jnp.sum(picked * batch["target_mask"], axis=-1)
-    log_prob, entropy = captioning.hard_attention_terms(used, probs, batch["target_mask"])
-    surrogate = captioning.reinforce_surrogate(
-        log_likelihood, log_prob, entropy, 0.0 if baseline is None else baseline,
+    picked = jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+    token_log_likelihood = picked * mask
+    step_log_probs = captioning.hard_attention_step_log_probs(used, probs, mask)
+    _, entropy = captioning.hard_attention_terms(used, probs, mask)
+    rewards = captioning.reinforce_rewards(token_log_likelihood, reinforce_reward)
+    if samples > 1:
+      baseline = captioning.leave_one_out_baseline(rewards, samples)
+    elif baseline is None:
+      baseline = 0.0
+    elif reinforce_reward == "to_go":  # b per word, times the words left
+      baseline = baseline * jnp.flip(jnp.cumsum(jnp.flip(mask.astype(jnp.float32), -1), -1), -1)
+    surrogate = captioning.reinforce_surrogate_per_step(
+        token_log_likelihood, step_log_probs, entropy, baseline, reinforce_reward,
         reinforce_weight, entropy_weight)
     caption_loss = surrogate.sum() / tokens
-    extra = {"reward_sum": jnp.sum(log_likelihood), "attention_entropy_sum": jnp.sum(entropy)}
+    extra = {"reward_sum": jnp.sum(token_log_likelihood), "attention_entropy_sum": jnp.sum(entropy)}
   else:
     caption_loss = sums["loss_sum"] / tokens
   loss = caption_loss + penalty * reg.mean()
   if continuity_weight > 0:
-    content = content_targets(batch["targets"], tokenizer or shapes_captions.WordTokenizer())
-    moved = captioning.phrase_continuity_penalty(probs, content, batch["target_mask"])
+    content = content_targets(targets, tokenizer or shapes_captions.WordTokenizer())
+    moved = captioning.phrase_continuity_penalty(probs, content, mask)
     loss = loss + continuity_weight * moved.sum() / tokens
     extra["attention_moved_sum"] = moved.sum()
   return loss, {**sums, "attention_penalty_sum": reg.sum(), **extra,
@@ -193,14 +214,36 @@ _DENOMINATORS = {"attention_penalty_sum": "example_count", "reward_sum": "exampl
                  "attention_entropy_sum": "example_count", "attention_moved_sum": "example_count"}
 
 
-def with_baseline_update(train_step, decay: float):
+def loss_weights(config, tokenizer=None) -> dict[str, Any]:
+  """The keyword arguments of :func:`losses` that the config sets (besides the penalty)."""
+  m = config.model
+  return dict(reinforce_weight=float(m.reinforce_weight),
+              entropy_weight=float(m.entropy_weight),
+              continuity_weight=(float(m.continuity_weight)
+                                 if config.data.dataset == EMBEDDED else 0.0),
+              tokenizer=tokenizer, reinforce_reward=str(m.reinforce_reward),
+              reinforce_samples=int(m.reinforce_samples))
+
+
+def initial_baseline(config) -> jax.Array | None:
+  """Hard attention's moving-average baseline before the first step (a scalar); None without
+  one (other attention, or ``reinforce_samples > 1``, whose baseline is the siblings' mean)."""
+  m = config.model
+  if m.attention != "hard" or m.reinforce_samples > 1:
+    return None
+  return jnp.zeros((), jnp.float32)
+
+
+def with_baseline_update(train_step, decay: float, per_word: bool = False):
   """Wraps ``training.make_train_step(loss_fn, jit=False)``: after each update the baseline in
-  the parameters becomes ``decay * b + (1 - decay) * mean_b log p(y | s~)`` (Xu et al.'s moving
-  average; the first step sets it to the batch mean). The loss never lets a gradient reach it."""
+  the parameters becomes ``decay * b + (1 - decay) * r`` (Xu et al.'s moving average; the first
+  step sets it to ``r``), ``r`` the batch's mean ``log p(y | s~)`` per caption, or per word when
+  ``per_word`` (the reward to go). The loss never lets a gradient reach it."""
+  count = "token_count" if per_word else "example_count"
 
   def step(state, batch):
     new_state, sums = train_step(state, batch)
-    reward = sums["reward_sum"] / sums["example_count"]
+    reward = sums["reward_sum"] / sums[count]
     old = state.params[BASELINE]
     baseline = jnp.where(state.step == 0, reward, decay * old + (1.0 - decay) * reward)
     params = {**new_state.params, BASELINE: baseline.astype(old.dtype)}
@@ -212,21 +255,24 @@ def with_baseline_update(train_step, decay: float):
   return jitted
 
 
+def baseline_update(config):
+  """``train_step -> train_step`` with the config's moving-average baseline update."""
+  m = config.model
+  return lambda step: with_baseline_update(step, float(m.baseline_decay),
+                                           per_word=m.reinforce_reward == "to_go")
+
+
 def train_model(config, workdir: str, model, train_arrays, val_arrays, tokenizer=None):
   """Trains (or resumes) in ``workdir``; returns the final train state."""
   example = batch_at(train_arrays, config.batch_size, config.seed, 0)
   params = model.init(jax.random.key(config.seed), example["image"],
                       example["decoder_inputs"])["params"]
-  hard = config.model.attention == "hard"
-  if hard:
-    params = {**params, BASELINE: jnp.zeros((), jnp.float32)}
+  baseline = initial_baseline(config)
+  if baseline is not None:
+    params = {**params, BASELINE: baseline}
   tx, schedule = training.make_optimizer(config)
   penalty = float(config.model.attention_penalty)
-  weights = dict(reinforce_weight=float(config.model.reinforce_weight),
-                 entropy_weight=float(config.model.entropy_weight),
-                 continuity_weight=(float(config.model.continuity_weight)
-                                    if config.data.dataset == EMBEDDED else 0.0),
-                 tokenizer=tokenizer)
+  weights = loss_weights(config, tokenizer)
 
   def loss_fn(params, batch, rng):
     return losses(model, params, batch, penalty, deterministic=False, rng=rng, **weights)
@@ -234,9 +280,8 @@ def train_model(config, workdir: str, model, train_arrays, val_arrays, tokenizer
   def metrics_fn(params, batch):
     return losses(model, params, batch, penalty, deterministic=True, **weights)[1]
 
-  if hard:
-    train_step = with_baseline_update(training.make_train_step(loss_fn, jit=False),
-                                      float(config.model.baseline_decay))
+  if baseline is not None:
+    train_step = baseline_update(config)(training.make_train_step(loss_fn, jit=False))
   else:
     train_step = training.make_train_step(loss_fn)
   eval_step = training.make_eval_step(metrics_fn)

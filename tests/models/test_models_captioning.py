@@ -227,69 +227,128 @@ def _toy_problem():
 
 
 def _toy_terms(theta, targets, s1, s2):
-  """``(log p(y | s), log p(s_1, s_2), H(a_1) + H(a_2), p(s_1, s_2))`` for fixed locations."""
+  """``(log p(y_t | s_t) [2], log p(s_t) [2], H(a_1) + H(a_2), p(s_1, s_2))`` for fixed
+  locations."""
   a1 = jax.nn.softmax(theta["w"])
   a2 = jax.nn.softmax(theta["w"] + theta["U"][s1])
   used = jnp.stack([jax.nn.one_hot(s1, 4), jax.nn.one_hot(s2, 4)])[None]
   probs = jnp.stack([a1, a2])[None]
-  log_prob, entropy = captioning.hard_attention_terms(used, probs, jnp.ones((1, 2)))
-  log_lik = (jax.nn.log_softmax(theta["V"][s1])[targets[0]]
-             + jax.nn.log_softmax(theta["V"][s2])[targets[1]])
-  return log_lik, log_prob[0], entropy[0], a1[s1] * a2[s2]
+  mask = jnp.ones((1, 2))
+  step_log_probs = captioning.hard_attention_step_log_probs(used, probs, mask)[0]
+  _, entropy = captioning.hard_attention_terms(used, probs, mask)
+  token_log_lik = jnp.stack([jax.nn.log_softmax(theta["V"][s1])[targets[0]],
+                             jax.nn.log_softmax(theta["V"][s2])[targets[1]]])
+  return token_log_lik, step_log_probs, entropy[0], a1[s1] * a2[s2]
 
 
 def _flat(tree):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-def _estimator_z_scores(reinforce_weight, samples=20_000, baseline=-2.5, entropy_weight=0.1):
-  """|mean estimate - exact gradient| / (sample std / sqrt(samples)) per parameter."""
+def _sample_locations(theta, key):
+  k1, k2 = jax.random.split(key)
+  s1 = jax.random.categorical(k1, theta["w"])
+  return s1, jax.random.categorical(k2, theta["w"] + theta["U"][s1])
+
+
+def _estimates(estimator, samples=20_000, baseline=-2.5, entropy_weight=0.1):
+  """``(estimates [samples, 36], exact gradient [36])`` of ``L_s + lambda_e E[H]`` on the toy.
+
+  ``estimator``: "paper" (:func:`captioning.reinforce_surrogate`, lambda_r = 1), "no_score"
+  (the same with lambda_r = 0: biased), "caption" / "to_go" (the per-step surrogate with that
+  reward and a constant baseline), or "leave_one_out" (two samples per estimate, reward to go,
+  each compared with the other)."""
   theta, targets = _toy_problem()
 
-  def exact(theta):  # L_s + lambda_e E[H], enumerating all 16 location pairs
+  def exact(theta):  # enumerating all 16 location pairs
     total = 0.0
     for s1 in range(4):
       for s2 in range(4):
-        log_lik, _, entropy, p = _toy_terms(theta, targets, s1, s2)
-        total += p * (log_lik + entropy_weight * entropy)
+        token_log_lik, _, entropy, p = _toy_terms(theta, targets, s1, s2)
+        total += p * (token_log_lik.sum() + entropy_weight * entropy)
     return total
 
   exact_grad = _flat(jax.jit(jax.grad(exact))(theta))
 
-  def one_sample(key):
-    k1, k2 = jax.random.split(key)
-    s1 = jax.random.categorical(k1, theta["w"])
-    s2 = jax.random.categorical(k2, theta["w"] + theta["U"][s1])
+  def surrogate(theta, locations, baseline):
+    terms = [_toy_terms(theta, targets, *pair) for pair in locations]
+    token_log_lik = jnp.stack([t[0] for t in terms])
+    step_log_probs = jnp.stack([t[1] for t in terms])
+    entropy = jnp.stack([t[2] for t in terms])
+    if estimator in ("paper", "no_score"):
+      return captioning.reinforce_surrogate(
+          token_log_lik.sum(-1), step_log_probs.sum(-1), entropy, baseline,
+          1.0 if estimator == "paper" else 0.0, entropy_weight).mean()
+    reward = "caption" if estimator == "caption" else "to_go"
+    if estimator == "leave_one_out":
+      rewards = captioning.reinforce_rewards(jax.lax.stop_gradient(token_log_lik), reward)
+      baseline = captioning.leave_one_out_baseline(rewards, len(locations))
+    return captioning.reinforce_surrogate_per_step(
+        token_log_lik, step_log_probs, entropy, baseline, reward,
+        entropy_weight=entropy_weight).mean()
 
-    def surrogate(theta):
-      log_lik, log_prob, entropy, _ = _toy_terms(theta, targets, s1, s2)
-      return captioning.reinforce_surrogate(log_lik, log_prob, entropy, baseline,
-                                            reinforce_weight, entropy_weight)
+  def one_estimate(key):
+    count = 2 if estimator == "leave_one_out" else 1
+    locations = [_sample_locations(theta, k) for k in jax.random.split(key, count)]
+    grads = jax.grad(surrogate)(theta, locations, baseline)
+    return jax.tree.map(lambda g: -g, grads)  # the estimate of +grad
 
-    return jax.tree.map(lambda g: -g, jax.grad(surrogate)(theta))  # the estimate of +grad
-
-  grads = jax.jit(jax.vmap(one_sample))(jax.random.split(jax.random.key(1), samples))
+  grads = jax.jit(jax.vmap(one_estimate))(jax.random.split(jax.random.key(1), samples))
   flat = np.concatenate([np.asarray(g).reshape(samples, -1) for g in jax.tree.leaves(grads)], 1)
-  stderr = flat.std(0) / np.sqrt(samples)
+  return flat, exact_grad
+
+
+def _z_scores(flat, exact_grad):
+  """|mean estimate - exact gradient| / (sample std / sqrt(samples)) per parameter."""
+  stderr = flat.std(0) / np.sqrt(flat.shape[0])
   error = np.abs(flat.mean(0) - exact_grad)
   # A parameter whose estimate has no spread (none here) must then be exact.
   return np.where(stderr > 0, error / np.maximum(stderr, 1e-12), np.where(error < 1e-6, 0, np.inf))
 
 
-def test_reinforce_estimator_is_unbiased_against_exact_enumeration():
+@pytest.mark.parametrize("estimator", ["paper", "caption", "to_go", "leave_one_out"])
+def test_reinforce_estimator_is_unbiased_against_exact_enumeration(estimator):
   # 36 parameters; under no bias each z is ~|N(0, 1)|, P(max > 5) < 36 * 6e-7.
-  z = _estimator_z_scores(reinforce_weight=1.0)
+  z = _z_scores(*_estimates(estimator))
   assert z.max() < 5.0, z
 
 
 def test_the_unbiasedness_check_catches_a_biased_estimator():
   # Without the score-function term (lambda_r = 0) the attention parameters get only the entropy
   # gradient: the same check must reject it, or it could not tell a biased estimator apart.
-  z = _estimator_z_scores(reinforce_weight=0.0)
+  z = _z_scores(*_estimates("no_score"))
   assert z.max() > 20.0, z
 
 
-@pytest.mark.slow  # three compilations of the scanned decoder (~10 s)
+def test_reward_to_go_and_sibling_baselines_lower_the_estimators_variance():
+  paper, _ = _estimates("paper")
+  caption, _ = _estimates("caption")
+  np.testing.assert_allclose(caption, paper, rtol=1e-4, atol=1e-5)  # the same estimator
+  to_go, _ = _estimates("to_go")
+  variance = {name: flat.var(0) for name, flat in
+              (("caption", caption), ("to_go", to_go), ("leave_one_out", _estimates(
+                  "leave_one_out")[0]))}
+  # the second location's credit no longer holds the first word's noise
+  assert variance["to_go"].sum() < 0.9 * variance["caption"].sum(), variance
+  # two samples, each compared with the other (no hand-set baseline)
+  assert variance["leave_one_out"].sum() < variance["to_go"].sum(), variance
+
+
+def test_rewards_and_leave_one_out_baseline_match_numpy():
+  token_log_lik = np.array([[-1.0, -2.0, -0.5, 0.0], [-0.1, -0.2, 0.0, 0.0]])
+  np.testing.assert_allclose(captioning.reinforce_rewards(token_log_lik, "to_go"),
+                             [[-3.5, -2.5, -0.5, 0.0], [-0.3, -0.2, 0.0, 0.0]])
+  np.testing.assert_allclose(captioning.reinforce_rewards(token_log_lik, "caption"),
+                             [[-3.5] * 4, [-0.3] * 4])
+  rewards = np.array([[1.0], [2.0], [6.0], [10.0], [20.0], [30.0]])  # 2 examples x 3 samples
+  np.testing.assert_allclose(captioning.leave_one_out_baseline(jnp.asarray(rewards), 3),
+                             [[4.0], [3.5], [1.5], [25.0], [20.0], [15.0]])
+  with pytest.raises(ValueError, match="num_samples"):
+    captioning.leave_one_out_baseline(jnp.asarray(rewards), 4)
+  with pytest.raises(ValueError, match="reward"):
+    captioning.reinforce_rewards(token_log_lik, "sentence")
+
+
 def test_hard_attention_uses_one_location_and_none_uses_the_mean():
   _, variables, images, tokens = _setup()
   hard = captioning.Captioner(**SMALL, attention="hard")

@@ -95,6 +95,8 @@ def test_bad_config_fields_are_named(field, value, match):
     ("data.dataset_config", "harder"),
     ("model.context_pool", -1),
     ("model.continuity_weight", -0.1),
+    ("model.reinforce_reward", "sentence"),
+    ("model.reinforce_samples", 0),
 ])
 def test_new_config_fields_are_named_in_a_one_line_config_error(field, value):
   config = configs.get_config("tiny")
@@ -170,6 +172,57 @@ def test_baseline_is_the_moving_average_of_the_reward():
   state, _ = step(state, jnp.float32(-20.0))
   assert float(state.params[captioning.BASELINE]) == pytest.approx(0.9 * -10.0 + 0.1 * -20.0)
   assert set(captioning.model_params(state.params)) == {"w"}
+
+
+def test_reward_to_go_baseline_is_the_moving_average_per_word():
+  params = {"w": jnp.zeros(2), captioning.BASELINE: jnp.zeros(())}
+  state = training.create_train_state(params, optax.sgd(0.1), seed=0)
+
+  def fake_step(state, batch):  # zero gradients; the batch's summed reward over 8 words
+    grads = jax.tree.map(jnp.zeros_like, state.params)
+    return state.apply_gradients(grads=grads), {"reward_sum": batch, "token_count":
+                                                jnp.float32(8.0), "example_count":
+                                                jnp.float32(2.0)}
+
+  config = configs.get_config("tiny")
+  config.model.reinforce_reward = "to_go"
+  step = captioning.baseline_update(config)(fake_step)
+  state, _ = step(state, jnp.float32(-16.0))
+  assert float(state.params[captioning.BASELINE]) == pytest.approx(-2.0)
+  state, _ = step(state, jnp.float32(-8.0))
+  assert float(state.params[captioning.BASELINE]) == pytest.approx(0.9 * -2.0 + 0.1 * -1.0)
+
+
+def test_initial_baseline_follows_the_reward_and_the_sample_count():
+  config = configs.get_config("tiny")
+  assert captioning.initial_baseline(config) is None  # soft attention
+  config.model.attention = "hard"
+  assert captioning.initial_baseline(config).shape == ()
+  config.model.reinforce_samples = 4
+  assert captioning.initial_baseline(config) is None  # the siblings are the baseline
+
+
+@pytest.mark.slow  # compiles the scanned decoder twice
+def test_several_samples_per_image_decode_each_caption_from_one_encoding():
+  config = configs.get_config("tiny")
+  config.model.attention = "hard"
+  config.model.reinforce_reward = "to_go"
+  model = captioning.make_model(config)
+  arrays = {"image": np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3), np.uint8),
+            "decoder_inputs": np.array([[1, 5, 6, 0], [1, 7, 0, 0]], np.int32),
+            "targets": np.array([[5, 6, 2, 0], [7, 2, 0, 0]], np.int32),
+            "target_mask": np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)}
+  params = model.init(jax.random.key(0), arrays["image"], arrays["decoder_inputs"])["params"]
+  loss, sums = captioning.losses(model, params, arrays, 0.0, deterministic=False,
+                                 rng=jax.random.key(1), reinforce_samples=3,
+                                 reinforce_reward="to_go")
+  assert float(sums["example_count"]) == 6.0 and float(sums["token_count"]) == 15.0
+  assert np.isfinite(float(loss))
+  grads = jax.grad(lambda p: captioning.losses(
+      model, p, arrays, 0.0, deterministic=False, rng=jax.random.key(1), reinforce_samples=3,
+      reinforce_reward="to_go")[0])(params)
+  # the score-function term reaches the attention's scoring parameters
+  assert float(jnp.abs(grads["attend"]["score"]).sum()) > 0
 
 
 def test_content_targets_mark_the_size_colour_and_shape_words():
