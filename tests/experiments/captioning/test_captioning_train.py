@@ -197,9 +197,10 @@ def test_initial_baseline_follows_the_reward_and_the_sample_count():
   config = configs.get_config("tiny")
   assert captioning.initial_baseline(config) is None  # soft attention
   config.model.attention = "hard"
-  assert captioning.initial_baseline(config).shape == ()
-  config.model.reinforce_samples = 4
+  assert config.model.reinforce_samples == 4
   assert captioning.initial_baseline(config) is None  # the siblings are the baseline
+  config.model.reinforce_samples = 1  # Xu et al.'s single sample: the moving average
+  assert captioning.initial_baseline(config).shape == ()
 
 
 @pytest.mark.slow  # compiles the scanned decoder twice
