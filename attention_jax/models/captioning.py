@@ -182,7 +182,8 @@ class Captioner(nn.Module):
     self.init_h = nn.Dense(self.hidden_dim, **dims)
     self.gate_dense = nn.Dense(1, **dims)
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, **dims)
-    self.cell = nn.LSTMCell(self.hidden_dim, **dims)
+    # LSTMCell's parameters and initialisation, its eight gate products fused into two
+    self.cell = nn.OptimizedLSTMCell(self.hidden_dim, **dims)
     self.output_dense = nn.Dense(self.vocab_size, **dims)
     self.dropout = nn.Dropout(self.dropout_rate)
     self.init_dropout = nn.Dropout(self.init_dropout_rate)
