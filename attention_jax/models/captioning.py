@@ -475,9 +475,11 @@ def reinforce_surrogate_per_step(token_log_likelihood, step_log_probs, entropy, 
            + entropy_weight * entropy)
 
 
-def decoding_fns(model: Captioner, variables, images):
+def decoding_fns(model: Captioner, variables, images, with_distributions: bool = False):
   """``(init_fn, step_fn)`` for :func:`attention_jax.decoding.greedy_decode` / ``beam_search``;
-  the state is ``(memory, lstm_state)``, the step's extras the attention weights ``[B, N]``."""
+  the state is ``(memory, lstm_state)``, the step's extras the attention weights used ``[B, N]``,
+  or with ``with_distributions`` the pair ``(weights used, a_t)`` (they differ for hard
+  attention: the one-hot of the chosen location, and the distribution it was chosen from)."""
   memory = model.apply(variables, images, method=Captioner.encode)
   start = model.apply(variables, memory, method=Captioner.initial_state)
 
@@ -486,8 +488,8 @@ def decoding_fns(model: Captioner, variables, images):
 
   def step_fn(state, tokens):
     memory, lstm_state = state
-    logits, lstm_state, weights = model.apply(variables, memory, lstm_state, tokens,
-                                              method=Captioner.decode_step)
-    return logits, (memory, lstm_state), weights
+    logits, lstm_state, used, probs = model.apply(variables, memory, lstm_state, tokens,
+                                                  method=Captioner.decode_step_with_probs)
+    return logits, (memory, lstm_state), ((used, probs) if with_distributions else used)
 
   return init_fn, step_fn

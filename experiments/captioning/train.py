@@ -312,11 +312,14 @@ def model_params(params):
 def make_decoder(model, beam_size: int, max_len: int):
   """A jitted ``(params, images) -> (tokens [B, max_len], attention [B, max_len, N])``: greedy
   decoding (``beam_size == 1``) or beam search, the maps those of the returned words (for beam
-  search, the attention history of the best beam)."""
+  search, the attention history of the best beam). For hard attention ``attention`` is the pair
+  ``(the one-hot of the location read, the distribution it was chosen from)``."""
+  hard = model.attention == "hard"
 
   @jax.jit
   def decode(params, images):
-    init_fn, step_fn = captioning.decoding_fns(model, {"params": params}, images)
+    init_fn, step_fn = captioning.decoding_fns(model, {"params": params}, images,
+                                               with_distributions=hard)
     batch = images.shape[0]
     if beam_size == 1:
       return decoding.greedy_decode(init_fn, step_fn, batch, max_len, BOS_ID, EOS_ID, PAD_ID)
@@ -340,7 +343,7 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
   decode = make_decoder(model, beam_size, config.data.max_caption_len)
   tok = tokenizer or embedded_tokenizer(config)
   grid = model.grid_shape(image_size(config))
-  words, maps, refs = [], [], []
+  words, maps, distributions, refs = [], [], [], []
   for i in range(0, n, config.eval.batch_size):
     rows = np.arange(i, min(i + config.eval.batch_size, n))
     if is_catalog:
@@ -350,6 +353,9 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
       images = test["image"][rows]
       refs += [[str(c).split()] for c in test["caption"][rows]]
     tokens, attention = decode(params, images)
+    if model.attention == "hard":
+      attention, probs = attention
+      distributions += list(np.asarray(probs).reshape(len(tokens), -1, *grid))
     words += [tok.tokens(row) for row in np.asarray(tokens)]
     maps += list(np.asarray(attention).reshape(len(tokens), -1, *grid))
   scores = {f"bleu_{k}": 100 * evaluation.corpus_bleu_multi(refs, words, k)
@@ -364,8 +370,15 @@ def evaluate_test(config, model, params, test, beam_size: int | None = None,
     scores["localisation"] = evaluation.localisation(
         words, maps, test["objects"][:n], test["num_objects"][:n], test["boxes"][:n],
         shapes_captions.IMAGE_SIZE)
+    if distributions:  # hard attention: where the distributions' mass lies, beside the choice
+      scores["localisation_of_distribution"] = evaluation.localisation(
+          words, distributions, test["objects"][:n], test["num_objects"][:n],
+          test["boxes"][:n], shapes_captions.IMAGE_SIZE)
   scores["num_examples"] = n
-  return scores, {"words": words, "maps": maps, "references": refs}
+  decoded = {"words": words, "maps": maps, "references": refs}
+  if distributions:
+    decoded["distributions"] = distributions
+  return scores, decoded
 
 
 def write_figures(workdir: str, config, test, decoded) -> list[str]:
@@ -383,12 +396,14 @@ def write_figures(workdir: str, config, test, decoded) -> list[str]:
     boxes = None if is_catalog else test["boxes"][i, :int(test["num_objects"][i])]
     truth = " ".join(decoded["references"][i][0])
     locations = title_note = None
-    if config.model.attention == "hard":  # the cell each word read (red square)
+    shown = decoded["maps"][i]
+    if config.model.attention == "hard":  # the distribution, and the cell each word read (red)
       maps = np.asarray(decoded["maps"][i])
       locations = [divmod(int(np.argmax(m)), maps.shape[2]) for m in maps[:len(words)]]
-      title_note = "; red: the location hard attention chose"
+      shown = decoded["distributions"][i]
+      title_note = "; heat: a_t; red: the location hard attention chose"
     paths.append(plotting.plot_attention_overlay(
-        images[i], decoded["maps"][i], words, os.path.join(workdir, f"attention_{i}.png"),
+        images[i], shown, words, os.path.join(workdir, f"attention_{i}.png"),
         boxes=boxes, title=f"truth: {truth}{title_note or ''}", locations=locations))
   count = min(config.eval.num_grid, len(decoded["words"]))
   if count:

@@ -266,10 +266,12 @@ def test_tiny_hard_scene_run_with_hard_and_no_attention(tmp_path, attention):
   config.model.attention = attention
   config.num_steps = 10
   config.checkpoint_every = 10
+  config.eval.beam_size = 2  # the beams carry hard attention's (choice, distribution) pairs
   workdir = str(tmp_path / "run")
   results = captioning.run(config, workdir)
   assert 0 <= results["test"]["bleu_1"] <= 100
   assert "mean_cell_mass_in_box" in results["test"]["localisation"]
+  assert ("localisation_of_distribution" in results["test"]) == (attention == "hard")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     lines = [json.loads(line) for line in f]
   assert ("reward" in lines[0]) == (attention == "hard")
