@@ -6,7 +6,9 @@ Reads each workdir's ``eval.json`` and prints one row per run (its seed, attenti
 ``test``) and, for two runs or more, a row of ``mean +- std`` (sample std, ddof 1) over them:
 BLEU-4, exact captions, the attention mass in the named box counted both ways (each cell spread
 over its pixels; whole cells that cover part of the box) with the uniform map of each, pointing
-accuracy, and the mass by word kind (size / colour / shape) on the box's cells.
+accuracy, for hard attention the mass of the distribution the cell was chosen from on the box's
+cells (for soft and no attention the map itself), and the mass by word kind (size / colour /
+shape) on the box's cells.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ COLUMNS = (
     ("on box cells", lambda t, loc: loc.get("mean_cell_mass_in_box", np.nan), "{:.3f}"),
     ("x uniform ", lambda t, loc: loc.get("cell_ratio_to_uniform", np.nan), "{:.1f}"),
     ("pointing", lambda t, loc: loc.get("pointing_accuracy", np.nan), "{:.3f}"),
+    # hard attention: the distribution a_t the cell was chosen from (the map for soft and none)
+    ("a_t on box cells", lambda t, loc: t.get("localisation_of_distribution", loc).get(
+        "mean_cell_mass_in_box", np.nan), "{:.3f}"),
     ("size / colour / shape (cells)",
      lambda t, loc: tuple(loc.get(f"mean_cell_mass_in_box_{k}_words", np.nan)
                           for k in ("size", "colour", "shape")), "{:.2f}"),

@@ -305,3 +305,9 @@ def test_summarize_lists_each_run_and_the_mean_and_std(tmp_path):
   lines = text.splitlines()
   assert len(lines) == 5 and lines[2].startswith("| 0 | soft | greedy | 99.00")
   assert "0.500 +- 0.141" in lines[-1] and "98.50 +- 0.71" in lines[-1]
+  # soft attention: the distribution column is the map's; hard attention reports its own
+  assert lines[2].split(" | ")[10] == "0.600"
+  results["config"]["model"]["attention"] = "hard"
+  results["test"]["localisation_of_distribution"] = {"mean_cell_mass_in_box": 0.25}
+  (tmp_path / "s1" / "eval.json").write_text(json.dumps(results))
+  assert summarize.table(workdirs).splitlines()[3].split(" | ")[10] == "0.250"
