@@ -4,7 +4,6 @@ from attention_jax.layers.additive import AdditiveAttention
 from attention_jax.layers.attention_layer import AttentionLayer
 from attention_jax.layers.conv_attention import SelfAttention2D
 from attention_jax.layers.decoder_block import DecoderBlock
-from attention_jax.layers.fused_gru import FusedGRUCell
 from attention_jax.layers.mlp import MlpBlock
 from attention_jax.layers.multi_head import MultiHeadAttention
 from attention_jax.layers.multi_head import SelfAttention
@@ -16,7 +15,6 @@ __all__ = [
     "AdditiveAttention",
     "AttentionLayer",
     "DecoderBlock",
-    "FusedGRUCell",
     "LearnedPositionalEmbedding",
     "MlpBlock",
     "MultiHeadAttention",

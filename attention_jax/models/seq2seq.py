@@ -63,8 +63,7 @@ def _check_lengths(lengths, batch: int, src_len: int) -> None:
 
 
 def _make_cell(cell_type: str, features: int, dtype: Dtype, param_dtype: Dtype, name=None):
-  # flax's GRUCell / LSTMCell parameters and initialisation, the gate products fused into two
-  cls = layers.FusedGRUCell if cell_type == "gru" else nn.OptimizedLSTMCell
+  cls = nn.GRUCell if cell_type == "gru" else nn.LSTMCell
   return cls(features=features, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
@@ -265,16 +264,6 @@ class Seq2Seq(nn.Module):
       ``(logits [B, V], new_state, attention_weights [B, S])``; the weights sum to one over the
       real source tokens, are zero on padding, and are all zero for ``attention="none"``.
     """
-    features, state, weights = self._recurrent_step(memory, state, tokens, deterministic)
-    return self._output_layer(features, deterministic), state, weights
-
-  def _output_layer(self, features, deterministic: bool):
-    """``[..., F] -> logits [..., V]``: dropout, then the output layer."""
-    return self.output_dense(self.dropout(features, deterministic=deterministic))
-
-  def _recurrent_step(self, memory: Seq2SeqMemory, state, tokens, deterministic: bool):
-    """:meth:`decode_step` up to the output layer: ``([s_t; c_t; embed(y_{t-1})] [B, F],
-    new_state, attention_weights [B, S])``."""
     _check_tokens("tokens", tokens, 1, "[batch]")
     batch = memory.states.shape[0]
     if tokens.shape[0] != batch:
@@ -289,7 +278,9 @@ class Seq2Seq(nn.Module):
                                      projected_keys=memory.keys, return_weights=True)
     context = context.astype(embedded.dtype)
     state, output = self.cell(state, jnp.concatenate([embedded, context], axis=-1))
-    return jnp.concatenate([output, context, embedded], axis=-1), state, weights
+    features = jnp.concatenate([output, context, embedded], axis=-1)
+    features = self.dropout(features, deterministic=deterministic)
+    return self.output_dense(features), state, weights
 
   def __call__(self, inputs, input_lengths, decoder_inputs, deterministic: bool = True):
     """Teacher forcing.
@@ -310,16 +301,14 @@ class Seq2Seq(nn.Module):
                        "have the same batch size")
     memory = self.encode(inputs, input_lengths, deterministic)
 
-    # The output layer runs once over all steps after the scan (one [B * T, F] x [F, V] product
-    # instead of T small ones, forward and backward): decode_step's products, batched.
     def step(module, state, memory, tokens):
-      features, state, weights = module._recurrent_step(memory, state, tokens, deterministic)
-      return state, (features, weights)
+      logits, state, weights = module.decode_step(memory, state, tokens, deterministic)
+      return state, (logits, weights)
 
     scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
                    in_axes=(nn.broadcast, 1), out_axes=1)
-    _, (features, weights) = scan(self, self.initial_state(memory), memory, decoder_inputs)
-    return self._output_layer(features, deterministic), weights
+    _, (logits, weights) = scan(self, self.initial_state(memory), memory, decoder_inputs)
+    return logits, weights
 
 
 def decoding_fns(model: Seq2Seq, variables, inputs, input_lengths):
