@@ -12,6 +12,11 @@ Presets (``config.py:<preset>``):
   coco     TFDS ``coco_captions`` through ``tfds.data_source`` (internet to prepare; GPU advised).
   hard     the default model on the hard scene (``data.dataset_config="hard"``); set
            ``--config.model.attention=hard`` or ``none`` to compare (README).
+
+``--config.model.attention=hard`` on the default preset (Xu et al.'s hard attention; the reward
+to go, 4 samples per image with leave-one-out baselines), seeds 0-4: BLEU-4 93.0 +- 10.1 (four
+seeds 96.7-98.6, seed 3 75.1), the cell read on the named object's box 0.91 +- 0.12; ``none``:
+BLEU-4 76.9 +- 2.5 (~13 min and ~4 min on one core).
   hard_weak  the hard scene with a weaker encoder: the first 3 of the 5 convolutions (a cell's
            receptive field 9 pixels instead of 25), the rest as ``hard``. Measured (seeds 0-1,
            greedy, 500 test images, continuity_weight 0): BLEU-4 85.0, exact 41.5%, against
@@ -197,19 +202,16 @@ def validate(config) -> None:
   if d.dataset not in (EMBEDDED, *CATALOG):
     raise ValueError(f"config.data.dataset must be one of "
                      f"{', '.join(map(repr, (EMBEDDED, *CATALOG)))}, got {d.dataset!r}")
-  if d.dataset_config not in DATASET_CONFIGS:
-    raise ConfigError(f"config.data.dataset_config must be one of "
-                      f"{', '.join(map(repr, DATASET_CONFIGS))}, got {d.dataset_config!r}")
-  if m.attention not in captioning.ATTENTION_KINDS:
-    raise ConfigError(f"config.model.attention must be one of "
-                      f"{', '.join(map(repr, captioning.ATTENTION_KINDS))}, got {m.attention!r}")
+  for field, value, choices in (("data.dataset_config", d.dataset_config, DATASET_CONFIGS),
+                                 ("model.attention", m.attention, captioning.ATTENTION_KINDS),
+                                 ("model.reinforce_reward", m.reinforce_reward,
+                                  captioning.REINFORCE_REWARDS)):
+    if value not in choices:
+      raise ConfigError(f"config.{field} must be one of {', '.join(map(repr, choices))}, got "
+                        f"{value!r}")
   if not 0 <= m.expected_context_prob <= 1:
     raise ConfigError(f"config.model.expected_context_prob must be in [0, 1], got "
                       f"{m.expected_context_prob!r}")
-  if m.reinforce_reward not in captioning.REINFORCE_REWARDS:
-    raise ConfigError(f"config.model.reinforce_reward must be one of "
-                      f"{', '.join(map(repr, captioning.REINFORCE_REWARDS))}, got "
-                      f"{m.reinforce_reward!r}")
   if m.reinforce_samples < 1:
     raise ConfigError(f"config.model.reinforce_samples must be >= 1, got "
                       f"{m.reinforce_samples!r}")
