@@ -411,13 +411,23 @@ def hard_attention_step_log_probs(used, probs, mask) -> Array:
   return jnp.sum(used * log_probs, -1) * jnp.asarray(mask, jnp.float32) * sampled
 
 
+def attention_entropy(probs, mask) -> Array:
+  """``sum_t H(a_t)`` per example over the real steps: ``probs [B, T, N]``, ``mask [B, T]``."""
+  probs = jnp.asarray(probs, jnp.float32)
+  log_probs = jnp.log(jnp.maximum(probs, 1e-30))
+  return jnp.sum(-jnp.sum(probs * log_probs, -1) * jnp.asarray(mask, jnp.float32), -1)
+
+
 def hard_attention_terms(used, probs, mask) -> tuple[Array, Array]:
   """``(sum_t log p(s_t | a), sum_t H(a_t))`` per example over the real steps (arguments as
   :func:`hard_attention_step_log_probs`)."""
-  probs = jnp.asarray(probs, jnp.float32)
-  log_probs = jnp.log(jnp.maximum(probs, 1e-30))
-  entropy = jnp.sum(-jnp.sum(probs * log_probs, -1) * jnp.asarray(mask, jnp.float32), -1)
-  return jnp.sum(hard_attention_step_log_probs(used, probs, mask), -1), entropy
+  return (jnp.sum(hard_attention_step_log_probs(used, probs, mask), -1),
+          attention_entropy(probs, mask))
+
+
+def suffix_sum(values) -> Array:
+  """``out[..., t] = sum_{t' >= t} values[..., t']`` over the last axis."""
+  return jnp.flip(jnp.cumsum(jnp.flip(values, -1), -1), -1)
 
 
 REINFORCE_REWARDS = ("caption", "to_go")
@@ -439,7 +449,7 @@ def reinforce_rewards(token_log_likelihood, kind: str) -> Array:
   if kind == "caption":
     total = jnp.sum(token_log_likelihood, -1, keepdims=True)
     return jnp.broadcast_to(total, token_log_likelihood.shape)
-  return jnp.flip(jnp.cumsum(jnp.flip(token_log_likelihood, -1), -1), -1)
+  return suffix_sum(token_log_likelihood)
 
 
 def leave_one_out_baseline(rewards, num_samples: int) -> Array:

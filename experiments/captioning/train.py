@@ -185,14 +185,14 @@ def losses(model, params, batch, penalty: float, deterministic: bool, rng=None,
     picked = jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
     token_log_likelihood = picked * mask
     step_log_probs = captioning.hard_attention_step_log_probs(used, probs, mask)
-    _, entropy = captioning.hard_attention_terms(used, probs, mask)
+    entropy = captioning.attention_entropy(probs, mask)
     rewards = captioning.reinforce_rewards(token_log_likelihood, reinforce_reward)
     if samples > 1:
       baseline = captioning.leave_one_out_baseline(rewards, samples)
     elif baseline is None:
       baseline = 0.0
     elif reinforce_reward == "to_go":  # b per word, times the words left
-      baseline = baseline * jnp.flip(jnp.cumsum(jnp.flip(mask.astype(jnp.float32), -1), -1), -1)
+      baseline = baseline * captioning.suffix_sum(mask.astype(jnp.float32))
     surrogate = captioning.reinforce_surrogate_per_step(
         token_log_likelihood, step_log_probs, entropy, baseline, reinforce_reward,
         reinforce_weight, entropy_weight)
