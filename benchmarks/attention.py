@@ -272,7 +272,7 @@ def main():
         json.dump(rows, f, indent=2)
     return
   causal_options = {"no": [False], "yes": [True], "both": [False, True]}[args.causal]
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; "
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({load.cpu()}); "
         f"torch {torch.__version__ if torch else 'not installed'}; batch {args.batch}, "
         f"{args.heads} heads, head_dim {args.head_dim}, fp32; median of {args.repeats}; "
         f"(ratio = ours / peer, below 1 = ours faster)")

@@ -19,6 +19,24 @@ def limit() -> float:
   return (os.cpu_count() or 2) / 2
 
 
+def cpu() -> str:
+  """The CPU in a few words ("AMD EPYC, 2 cores, AVX-512"): figures differ between the AVX2-only
+  and the AVX-512 machines that CI and the sessions get."""
+  model, flags = "unknown CPU", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown CPU":
+          model = value.strip()
+        elif key.strip() == "flags" and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+  return f"{model}, {os.cpu_count()} cores, {simd}"
+
+
 def now() -> float:
   return os.getloadavg()[0]
 

@@ -17,7 +17,9 @@ are printed and must agree. The seq2seq and captioning peers start from our init
 (copied in), so their first-step losses are printed side by side and must agree too. The batch is
 fixed and random, of the config's shapes. Steps alternate between the two frameworks in rounds;
 the table gives the median rate per round and the ratio ours / PyTorch (above 1 = ours faster).
-Like every benchmark here it prints the load average and refuses to print a ratio measured on a
+The process keeps freed memory (:func:`attention_jax.training.keep_freed_memory`, as the
+experiments do; ``ATTENTION_JAX_KEEP_FREED_MEMORY=0`` for glibc's default). Like every benchmark
+here it prints the load average and refuses to print a ratio measured on a
 busy machine (``--allow-load``, ``--wait-idle``; :mod:`benchmarks.load`).
 
   python -m benchmarks.train_step                      # the LM, default (2-core CPU) config
@@ -45,6 +47,7 @@ import time
 import jax
 
 from attention_jax import parallel
+from attention_jax import training
 from benchmarks import load
 from benchmarks.peers import common
 
@@ -85,6 +88,7 @@ def parse_args(argv=None):
 
 def main():
   args = parse_args()
+  kept = training.keep_freed_memory()  # as the experiments do; both frameworks share it
   if args.host_devices:
     try:
       parallel.use_host_devices(args.host_devices)
@@ -107,7 +111,8 @@ def main():
   counts = {name: side.parameters for name, side in sides.items()}
   print(f"{peer.describe}; jax {jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__ if torch else 'not installed'} "
-        f"({torch.get_num_threads() if torch else 0} threads)")
+        f"({torch.get_num_threads() if torch else 0} threads); "
+        f"keep_freed_memory {kept}; {load.cpu()}")
   print("parameters: " + ", ".join(f"{name} {count:,}" for name, count in counts.items()))
   if "torch" in counts and counts["ours"] != counts["torch"]:
     raise SystemExit(f"the models differ: {counts}")
@@ -134,7 +139,8 @@ def main():
   result = {"experiment": args.experiment, "preset": args.preset,
             "jax_devices": jax.device_count(),
             f"{unit}_per_step": peer.per_step, "parameters": counts,
-            "flat_update": bool(config.flat_update),
+            "flat_update": bool(config.flat_update), "keep_freed_memory": kept,
+            "cpu": load.cpu(),
             "torch_threads": torch.get_num_threads() if torch else None,
             "load_average_before": guard.before, "load_average": load.now(),
             **{f"{name} {unit}/s": statistics.median(r) for name, r in rates.items()},

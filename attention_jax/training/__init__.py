@@ -28,6 +28,8 @@ Modules:
 * ``checksums`` -- the CRC-32 of every saved array leaf, which a restore verifies.
 * ``loop`` (:func:`train`), ``checkpointing``, ``metric_writers``, ``metrics``, ``optimizers``,
   ``steps``, ``train_state``, ``evaluation``.
+* ``host_memory`` -- :func:`keep_freed_memory`: glibc's malloc keeps the buffers XLA:CPU frees
+  after every step, rather than unmapping them and faulting them in again.
 * ``teacher_forcing`` -- :func:`train_teacher_forced`, a sequence-to-sequence model's training.
 """
 
@@ -41,6 +43,7 @@ from attention_jax.training.config import (
 from attention_jax.training.config_json import config_to_dict, load_config_json, save_config_json
 from attention_jax.training.evaluation import evaluate
 from attention_jax.training.flags import define_config_flags
+from attention_jax.training.host_memory import keep_freed_memory
 from attention_jax.training.launch import run_experiment, run_experiment_folder
 from attention_jax.training.loop import TrainingDiverged, train
 from attention_jax.training.metric_writers import (
@@ -61,8 +64,8 @@ __all__ = [
     "TrainState", "TrainingDiverged",
     "abstract_like", "accumulate", "atomic_write_text", "classification_sums", "config_to_dict",
     "create_train_state", "default_training_config", "define_config_flags", "evaluate",
-    "load_config_json", "make_eval_step", "make_optimizer", "make_progress_bar", "make_schedule",
-    "make_train_step", "read_jsonl", "run_experiment", "run_experiment_folder", "save_config_json",
+    "keep_freed_memory", "load_config_json", "make_eval_step", "make_optimizer",
+    "make_progress_bar", "make_schedule", "make_train_step", "read_jsonl", "run_experiment", "run_experiment_folder", "save_config_json",
     "summarize", "train", "train_teacher_forced", "validate_training_config",
     "warmup_rsqrt_schedule", "write_eval_json", "write_json",
 ]

@@ -34,6 +34,7 @@ from absl import flags
 from absl import logging
 
 from attention_jax.errors import ConfigError, UserError
+from attention_jax.training import host_memory
 from attention_jax.training.flags import define_config_flags
 
 USAGE_EXIT = 2  # a usage error, as argparse and the shells use it
@@ -203,6 +204,7 @@ def run_experiment(run: Callable[[Any, str], Any], *, config_file: str, workdir:
         raise
       exit_with(str(e))
     quiet_libraries()
+    host_memory.keep_freed_memory()
     try:
       run(flags.FLAGS.config, run_workdir)
     except UserError as e:

@@ -13,6 +13,7 @@ from absl.logging import converter
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 _SCRIPT = """
+import ctypes
 import json
 import sys
 
@@ -20,12 +21,34 @@ from absl import logging
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from attention_jax import training
+from attention_jax.training import host_memory
+
+
+class MallInfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
+
+
+def large_malloc_is_mapped():
+  # Whether glibc serves a 40 MiB malloc with its own mmap (None: not glibc).
+  libc = host_memory._glibc()
+  if libc is None or not hasattr(libc, "mallinfo2"):
+    return None
+  libc.mallinfo2.restype = MallInfo2
+  libc.malloc.restype = ctypes.c_void_p
+  before = libc.mallinfo2().hblkhd
+  block = libc.malloc(40 << 20)
+  mapped = libc.mallinfo2().hblkhd - before >= 40 << 20
+  libc.free(ctypes.c_void_p(block))
+  return mapped
 
 
 def run(config, workdir):
   print(json.dumps({{
       "num_steps": config.num_steps, "hidden": config.hidden, "workdir": workdir,
       "verbosity": logging.get_verbosity(), "tfds_progress_bar": tqdm_utils._active,
+      "large_malloc_mapped": large_malloc_is_mapped(),
   }}))
 
 
@@ -52,8 +75,8 @@ def script(tmp_path_factory):
   return path
 
 
-def _launch(script, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+def _launch(script, *args, env=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {}))
   return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
                         text=True, timeout=120, cwd=script.parent)
 
@@ -67,8 +90,17 @@ def _result(proc):
 
 def test_defaults_are_the_config_file_and_the_workdir_given(script):
   result = _result(_launch(script))
+  mapped = result.pop("large_malloc_mapped")
   assert result == {"num_steps": 3, "hidden": 16, "workdir": "runs/demo",
                     "verbosity": converter.ABSL_WARNING, "tfds_progress_bar": False}
+  # training.keep_freed_memory ran: a large block comes from the heap, kept after its free.
+  assert mapped in (False, None)
+
+
+def test_large_blocks_are_mapped_when_keep_freed_memory_is_off(script):
+  # The control of the check above: glibc's default maps a 40 MiB block.
+  proc = _launch(script, env={"ATTENTION_JAX_KEEP_FREED_MEMORY": "0"})
+  assert _result(proc)["large_malloc_mapped"] in (True, None)
 
 
 def test_flags_override_the_workdir_config_fields_and_verbosity(script, tmp_path):
