@@ -35,6 +35,13 @@
 #else
 #define AJ_AVX2 0
 #endif
+// AVX-512 only changes the matrix-product tile (16 rows, one 16-float register each); the
+// softmax, exp and packing stay on 256-bit vectors.
+#if AJ_AVX2 && defined(__AVX512F__)
+#define AJ_AVX512 1
+#else
+#define AJ_AVX512 0
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -43,12 +50,16 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kPanel = 16;           // columns per micro-kernel tile
+#if AJ_AVX512
+constexpr int kRows = 16;            // rows per micro-kernel tile: a 64-query block is 4 tiles
+#else
 constexpr int kRows = 6;             // rows per micro-kernel tile
+#endif
 constexpr float kLowest = -FLT_MAX;  // masked logit, and the lse of a row that sees no key
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// A float buffer aligned for 256-bit loads.
+// A float buffer aligned for 512-bit loads.
 struct Scratch {
   float* data = nullptr;
   explicit Scratch(size_t n) {
@@ -66,7 +77,38 @@ struct Scratch {
 // A(i, k) = a[i * lda + k]; B(k, j) = b[k * ldb + j] (16 contiguous floats);
 // C(i, j) = c[i * ldc + j].
 
-#if AJ_AVX2
+#if AJ_AVX512
+// Sixteen named accumulators, one 16-float register per row (named for the reason given below).
+#define AJ_ROWS(X) \
+  X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+template <int M>
+inline void Tile(int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, bool accumulate) {
+#define AJ_DECLARE(i) __m512 c##i = _mm512_setzero_ps();
+  AJ_ROWS(AJ_DECLARE)
+#undef AJ_DECLARE
+  if (accumulate) {
+#define AJ_LOAD(i) \
+  if constexpr (i < M) c##i = _mm512_loadu_ps(c + (i) * ldc);
+    AJ_ROWS(AJ_LOAD)
+#undef AJ_LOAD
+  }
+  const float* a_k = a;
+  const float* b_k = b;
+  for (int64_t k = 0; k < K; ++k, ++a_k, b_k += ldb) {
+    const __m512 bk = _mm512_loadu_ps(b_k);
+#define AJ_FMA(i) \
+  if constexpr (i < M) c##i = _mm512_fmadd_ps(_mm512_set1_ps(a_k[(i) * lda]), bk, c##i);
+    AJ_ROWS(AJ_FMA)
+#undef AJ_FMA
+  }
+#define AJ_STORE(i) \
+  if constexpr (i < M) _mm512_storeu_ps(c + (i) * ldc, c##i);
+  AJ_ROWS(AJ_STORE)
+#undef AJ_STORE
+}
+#undef AJ_ROWS
+#elif AJ_AVX2
 // Twelve named accumulators (rows 0..M-1 x two 8-float halves): arrays of __m256 indexed in loops
 // were spilled to the stack by GCC (measured: half the kernel's time in stack stores).
 #define AJ_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
@@ -125,6 +167,19 @@ inline void Tile(int64_t K, const float* a, int64_t lda, const float* b, int64_t
 }
 #endif
 
+// Tile<m> for the rows left below a full tile, 0 <= m <= M.
+template <int M>
+inline void TileRows(int64_t m, int64_t K, const float* a, int64_t lda, const float* b,
+                     int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if constexpr (M > 0) {
+    if (m == M) {
+      Tile<M>(K, a, lda, b, ldb, c, ldc, accumulate);
+    } else {
+      TileRows<M - 1>(m, K, a, lda, b, ldb, c, ldc, accumulate);
+    }
+  }
+}
+
 // C[m x n] (+)= A[m x K] B[K x n], n a multiple of 16. `b_panel_stride` is the distance between
 // consecutive 16-column panels of B: 16 for plain rows (B(k, j) = b[k * ldb + j]), or K * 16 for
 // packed panels ([n / 16][K][16]).
@@ -137,14 +192,7 @@ void Gemm(int64_t m, int64_t n, int64_t K, const float* a, int64_t lda, const fl
       Tile<kRows>(K, a + i * lda, lda, bj, ldb, c + i * ldc + j, ldc, accumulate);
     const float* ai = a + i * lda;
     float* ci = c + i * ldc + j;
-    switch (m - i) {
-      case 5: Tile<5>(K, ai, lda, bj, ldb, ci, ldc, accumulate); break;
-      case 4: Tile<4>(K, ai, lda, bj, ldb, ci, ldc, accumulate); break;
-      case 3: Tile<3>(K, ai, lda, bj, ldb, ci, ldc, accumulate); break;
-      case 2: Tile<2>(K, ai, lda, bj, ldb, ci, ldc, accumulate); break;
-      case 1: Tile<1>(K, ai, lda, bj, ldb, ci, ldc, accumulate); break;
-      default: break;
-    }
+    TileRows<kRows - 1>(m - i, K, ai, lda, bj, ldb, ci, ldc, accumulate);
   }
 }
 
