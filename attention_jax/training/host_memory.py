@@ -6,7 +6,10 @@ above its mmap threshold (32 MiB at most) with a fresh ``mmap`` and returns it w
 so every step faults the whole buffer in again, page by page, and the kernel zeroes each page:
 ~15,000 page faults per LM step, about a third of its time on a 2-core CPU
 (docs/performance.md). :func:`keep_freed_memory` turns that off for the process: no ``mmap``
-for malloc, and the top of the heap trimmed only above ``trim_threshold`` free bytes. The
+for malloc, the main heap trimmed only above ``trim_threshold`` free bytes, and the heaps of
+other threads (where XLA's worker threads allocate) trimmed down to ``top_pad`` spare bytes, not
+glibc's 128 KiB. A worker thread's heap cannot exceed 64 MiB, so larger buffers allocated there
+(the captioning step's 114 MB) are still mapped each time. The
 experiments and benchmarks call it at start; a user's own training script can too. It changes
 the whole process's allocator (PyTorch in the same process included), so a library import never
 calls it.
@@ -25,7 +28,11 @@ ENV = "ATTENTION_JAX_KEEP_FREED_MEMORY"
 # glibc's malloc.h parameter numbers.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_TOP_PAD = -2
 DEFAULT_TRIM_THRESHOLD = 1 << 30
+# A thread's heap is trimmed down to this much free space at its top (glibc: 128 KiB), so a
+# buffer freed there would be faulted in again: keep up to a whole thread heap (64 MiB).
+DEFAULT_TOP_PAD = 64 << 20
 
 
 def _glibc():
@@ -39,25 +46,29 @@ def _glibc():
   return libc
 
 
-def keep_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD) -> bool:
-  """Makes glibc's malloc keep freed memory for reuse (no ``mmap``-backed allocations, the heap
-  trimmed only when more than ``trim_threshold`` bytes at its top are free).
+def keep_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD,
+                      top_pad: int = DEFAULT_TOP_PAD) -> bool:
+  """Makes glibc's malloc keep freed memory for reuse: no ``mmap``-backed allocations, the main
+  heap trimmed only when more than ``trim_threshold`` bytes at its top are free, and every heap
+  grown and trimmed with ``top_pad`` bytes to spare.
 
   Returns:
     Whether the allocator was changed: False when ``$ATTENTION_JAX_KEEP_FREED_MEMORY`` is 0,
     false or no, or the C library is not glibc.
 
   Raises:
-    ValueError: ``trim_threshold`` is not a positive int that fits glibc's parameter.
+    ValueError: ``trim_threshold`` or ``top_pad`` is not a positive int that fits glibc's
+      parameter.
   """
-  if (isinstance(trim_threshold, bool) or not isinstance(trim_threshold, int)
-      or not 0 < trim_threshold < 2**31):
-    raise ValueError(f"trim_threshold must be an int in (0, 2**31) bytes, got {trim_threshold!r}")
+  for name, value in (("trim_threshold", trim_threshold), ("top_pad", top_pad)):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+      raise ValueError(f"{name} must be an int in (0, 2**31) bytes, got {value!r}")
   if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no"):
     return False
   libc = _glibc()
   if libc is None:
     return False
   # mallopt returns 1 on success, 0 on a refused value.
-  return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                  trim_threshold))
+  return (bool(libc.mallopt(_M_MMAP_MAX, 0))
+          and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+          and bool(libc.mallopt(_M_TOP_PAD, top_pad)))

@@ -20,12 +20,12 @@ print(host_memory.keep_freed_memory())
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a, b: jnp.tanh(a @ b) @ a)
 a, b = jnp.ones((3200, 8)), jnp.ones((8, 3200))
-for _ in range(3):
+for _ in range(30):  # until every worker thread's heap has the room its parts of a run need
   f(a, b).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
   f(a, b).block_until_ready()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
 glibc_linux = pytest.mark.skipif(
@@ -43,17 +43,20 @@ def _faults_per_run(keep: str) -> tuple[bool, float]:
 def test_the_temporary_buffer_is_reused_rather_than_faulted_in_every_run():
   changed, faults = _faults_per_run("1")
   assert changed
-  assert faults < 500  # 40 MiB would be 10,240 pages
+  # 40 MiB are 10,240 pages; what is left (0-1,000 per run measured) is a worker thread's
+  # scratch landing, now and then, in a heap that has not held it before.
+  assert faults < 5000
   # The control: glibc's default maps and unmaps the buffer on every run.
   changed, faults = _faults_per_run("0")
   assert not changed
   assert faults > 9000
 
 
-def test_trim_threshold_must_be_a_positive_int():
+@pytest.mark.parametrize("name", ["trim_threshold", "top_pad"])
+def test_sizes_must_be_positive_ints(name):
   for bad in (0, -1, 2**31, 1.5, True):
-    with pytest.raises(ValueError, match=r"trim_threshold must be an int in \(0, 2\*\*31\)"):
-      training.keep_freed_memory(bad)
+    with pytest.raises(ValueError, match=rf"{name} must be an int in \(0, 2\*\*31\) bytes, got"):
+      training.keep_freed_memory(**{name: bad})
 
 
 def test_the_environment_turns_it_off(monkeypatch):
