@@ -306,7 +306,10 @@ def _z_scores(flat, exact_grad):
   return np.where(stderr > 0, error / np.maximum(stderr, 1e-12), np.where(error < 1e-6, 0, np.inf))
 
 
-@pytest.mark.parametrize("estimator", ["paper", "caption", "to_go", "leave_one_out"])
+# The default estimator's two parts run by default; the other choices in the slow suite.
+@pytest.mark.parametrize("estimator", [pytest.param("paper", marks=pytest.mark.slow),
+                                       pytest.param("caption", marks=pytest.mark.slow),
+                                       "to_go", "leave_one_out"])
 def test_reinforce_estimator_is_unbiased_against_exact_enumeration(estimator):
   # 36 parameters; under no bias each z is ~|N(0, 1)|, P(max > 5) < 36 * 6e-7.
   z = _z_scores(*_estimates(estimator))
@@ -320,6 +323,7 @@ def test_the_unbiasedness_check_catches_a_biased_estimator():
   assert z.max() > 20.0, z
 
 
+@pytest.mark.slow  # ~14 s of sampling; unbiasedness, by default above, is the correctness claim
 def test_reward_to_go_and_sibling_baselines_lower_the_estimators_variance():
   paper, _ = _estimates("paper")
   caption, _ = _estimates("caption")
