@@ -8,6 +8,7 @@ jaxlib the extension is skipped with a warning and the pure-JAX paths are used
 """
 
 import importlib.util
+import os
 import pathlib
 import platform
 import sys
@@ -43,7 +44,10 @@ class OptionalBuildExt(build_ext):
 def _compile_args() -> list[str]:
   args = ["-O3", "-std=c++17", "-Wno-attributes"]
   if platform.machine().lower() in ("x86_64", "amd64"):
-    args.append("-march=native")  # AVX2 / FMA micro-kernels where this CPU has them
+    args.append("-march=native")  # AVX2 / FMA (and AVX-512) micro-kernels where this CPU has them
+  # Appended last, so they win: e.g. "-march=x86-64-v3" for a cluster of mixed CPUs, or
+  # "-mno-avx512f" for the AVX2 tile on an AVX-512 machine (its tests build it so).
+  args += os.environ.get("ATTENTION_JAX_KERNEL_FLAGS", "").split()
   return args
 
 

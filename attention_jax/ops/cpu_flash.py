@@ -22,6 +22,7 @@ import ctypes
 import functools
 import importlib.machinery
 import math
+import os
 import pathlib
 
 import jax
@@ -37,7 +38,14 @@ _BACKWARD = "attention_jax_cpu_flash_backward"
 _LOWEST = float(np.finfo(np.float32).min)
 
 
+LIBRARY_ENV = "ATTENTION_JAX_CPU_FLASH_LIBRARY"
+
+
 def _find_library() -> pathlib.Path | None:
+  """The kernel built beside this module, or the file ``$ATTENTION_JAX_CPU_FLASH_LIBRARY`` names
+  (a build with other flags: ``ATTENTION_JAX_KERNEL_FLAGS`` in setup.py)."""
+  if os.environ.get(LIBRARY_ENV):
+    return pathlib.Path(os.environ[LIBRARY_ENV])
   here = pathlib.Path(__file__).parent
   for suffix in importlib.machinery.EXTENSION_SUFFIXES:
     candidate = here / f"{_LIBRARY_STEM}{suffix}"

@@ -209,3 +209,35 @@ def test_the_build_without_a_compiler_skips_the_kernel_with_a_warning(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "_flash_attention_cpu" in result.stdout + result.stderr
   assert not list((tmp_path / "lib").rglob("_flash_attention_cpu*"))
+
+
+def _cpu_has_avx512() -> bool:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return " avx512f" in f.read()
+  except OSError:
+    return False
+
+
+@pytest.mark.slow  # a build of the kernel (~1 min) and this file's tests against it
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="the default build already is the AVX2 one")
+def test_the_avx2_tile_passes_these_tests_on_an_avx512_machine(tmp_path):
+  """``-march=native`` gives this machine the AVX-512 tile; the AVX2-only machines build the
+  other one, which these tests check here through a build without AVX-512."""
+  env = dict(os.environ, ATTENTION_JAX_KERNEL_FLAGS="-mno-avx512f")
+  build = subprocess.run(
+      [sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+       "--build-temp", str(tmp_path / "tmp")],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert build.returncode == 0, build.stderr[-2000:]
+  (library,) = (tmp_path / "lib").rglob("_flash_attention_cpu*")
+  disassembly = subprocess.run(["objdump", "-d", str(library)], capture_output=True, text=True)
+  if disassembly.returncode == 0:
+    assert "zmm" not in disassembly.stdout
+  env = dict(os.environ, **{cpu_flash.LIBRARY_ENV: str(library), "JAX_PLATFORMS": "cpu"})
+  tests = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+       "not avx2_tile and not without_a_compiler"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert tests.returncode == 0, tests.stdout[-3000:]
+  assert " passed" in tests.stdout
