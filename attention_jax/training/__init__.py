@@ -65,7 +65,8 @@ __all__ = [
     "abstract_like", "accumulate", "atomic_write_text", "classification_sums", "config_to_dict",
     "create_train_state", "default_training_config", "define_config_flags", "evaluate",
     "keep_freed_memory", "load_config_json", "make_eval_step", "make_optimizer",
-    "make_progress_bar", "make_schedule", "make_train_step", "read_jsonl", "run_experiment", "run_experiment_folder", "save_config_json",
+    "make_progress_bar", "make_schedule", "make_train_step", "read_jsonl", "run_experiment",
+    "run_experiment_folder", "save_config_json",
     "summarize", "train", "train_teacher_forced", "validate_training_config",
     "warmup_rsqrt_schedule", "write_eval_json", "write_json",
 ]

@@ -9,12 +9,12 @@ so every step faults the whole buffer in again, page by page, and the kernel zer
 for malloc, the main heap trimmed only above ``trim_threshold`` free bytes, and the heaps of
 other threads (where XLA's worker threads allocate) trimmed down to ``top_pad`` spare bytes, not
 glibc's 128 KiB. A worker thread's heap cannot exceed 64 MiB, so larger buffers allocated there
-(the captioning step's 114 MB) are still mapped each time. The
-experiments and benchmarks call it at start; a user's own training script can too. It changes
-the whole process's allocator (PyTorch in the same process included), so a library import never
-calls it.
+(the captioning step's 114 MB) are still mapped each time.
 
-On a C library without glibc's ``mallopt`` (musl, macOS) it does nothing and says so.
+The experiments and ``benchmarks.train_step`` call it at start; a user's own training script can
+too. It changes the whole process's allocator (PyTorch in the same process included), so a
+library import never calls it. On a C library without glibc's ``mallopt`` (musl, macOS) it
+does nothing and returns False.
 ``ATTENTION_JAX_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
