@@ -75,6 +75,10 @@ def parse_args(argv=None):
   parser.add_argument("--flat-update", choices=("config", "on", "off"), default="config",
                       help="the optimiser over one flat vector (config.flat_update; default: "
                            "the preset's)")
+  parser.add_argument("--single-arena", choices=("config", "on", "off"), default="config",
+                      help="every thread allocates from glibc's main heap "
+                           "(config.single_malloc_arena; default: the preset's); the PyTorch "
+                           "side, in the same process, shares it")
   parser.add_argument("--host-devices", type=int, default=None,
                       help="split the CPU into this many XLA host devices and run our step "
                            "data-parallel over them (one per core: each device's program runs "
@@ -88,7 +92,14 @@ def parse_args(argv=None):
 
 def main():
   args = parse_args()
-  kept = training.keep_freed_memory()  # as the experiments do; both frameworks share it
+  module = peer_module(args.experiment)
+  config = module.get_config(args.preset)
+  if args.flat_update != "config":
+    config.flat_update = args.flat_update == "on"
+  if args.single_arena != "config":
+    config.single_malloc_arena = args.single_arena == "on"
+  # As the experiments do, before JAX starts its threads; both frameworks share it.
+  kept = training.keep_freed_memory(single_arena=config.single_malloc_arena)
   if args.host_devices:
     try:
       parallel.use_host_devices(args.host_devices)
@@ -96,10 +107,6 @@ def main():
       raise SystemExit(str(e).replace("--host_devices", "--host-devices")) from None
   if torch is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
-  module = peer_module(args.experiment)
-  config = module.get_config(args.preset)
-  if args.flat_update != "config":
-    config.flat_update = args.flat_update == "on"
   peer = module.setup(config, args, with_torch=torch is not None)
   if jax.device_count() > 1:
     if config.batch_size % jax.device_count():
@@ -112,7 +119,7 @@ def main():
   print(f"{peer.describe}; jax {jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__ if torch else 'not installed'} "
         f"({torch.get_num_threads() if torch else 0} threads); "
-        f"keep_freed_memory {kept}; {load.cpu()}")
+        f"keep_freed_memory {kept} (single arena {config.single_malloc_arena}); {load.cpu()}")
   print("parameters: " + ", ".join(f"{name} {count:,}" for name, count in counts.items()))
   if "torch" in counts and counts["ours"] != counts["torch"]:
     raise SystemExit(f"the models differ: {counts}")
@@ -140,6 +147,7 @@ def main():
             "jax_devices": jax.device_count(),
             f"{unit}_per_step": peer.per_step, "parameters": counts,
             "flat_update": bool(config.flat_update), "keep_freed_memory": kept,
+            "single_malloc_arena": bool(config.single_malloc_arena),
             "cpu": load.cpu(),
             "torch_threads": torch.get_num_threads() if torch else None,
             "load_average_before": guard.before, "load_average": load.now(),

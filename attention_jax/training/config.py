@@ -50,6 +50,11 @@ def default_training_config() -> ml_collections.ConfigDict:
   * ``flat_update`` (bool): the optimiser updates all parameters as one flat vector
     (``optax.flatten``: a few fused kernels instead of several per parameter; the same update up
     to float rounding). Ignored with ``mesh.fsdp > 1``.
+  * ``single_malloc_arena`` (bool): the experiment launcher makes every thread allocate host
+    memory from glibc's main heap (:func:`attention_jax.training.keep_freed_memory`), so XLA's
+    per-step buffers above 64 MiB are reused, not mapped anew each step. Faster for the
+    recurrent experiments' chains of small kernels, slower where many threads allocate at once
+    (the Transformer LM); read once, before JAX starts.
   * ``mesh.data``, ``mesh.fsdp``, ``mesh.sequence`` (int): the device mesh the loop trains on
     (:func:`attention_jax.parallel.make_mesh`); ``mesh.data = -1`` takes every device the other
     axes leave, so the default is data parallelism over all devices (one device: a 1x1x1 mesh).
@@ -70,6 +75,7 @@ def default_training_config() -> ml_collections.ConfigDict:
   config.grad_clip_norm = 1.0
   config.weight_decay = 0.0
   config.flat_update = False
+  config.single_malloc_arena = False
   config.log_every = 10
   config.checkpoint_every = 50
   config.keep_checkpoints = 3
@@ -160,7 +166,7 @@ def validate_training_config(config: Mapping[str, Any] | ml_collections.ConfigDi
   for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
     value = _field(config, name)
     _require(value in choices, name, "one of " + ", ".join(repr(c) for c in choices), value)
-  for name in ("async_checkpointing", "flat_update"):
+  for name in ("async_checkpointing", "flat_update", "single_malloc_arena"):
     value = _field(config, name)
     _require(isinstance(value, bool), name, "True or False", value)
 

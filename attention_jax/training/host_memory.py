@@ -9,7 +9,12 @@ so every step faults the whole buffer in again, page by page, and the kernel zer
 for malloc, the main heap trimmed only above ``trim_threshold`` free bytes, and the heaps of
 other threads (where XLA's worker threads allocate) trimmed down to ``top_pad`` spare bytes, not
 glibc's 128 KiB. A worker thread's heap cannot exceed 64 MiB, so larger buffers allocated there
-(the captioning step's 114 MB) are still mapped each time.
+(the captioning step's 114 MB) are still mapped each time, unless ``single_arena`` makes every
+thread allocate from the main heap, which has no such limit. One heap serialises the threads'
+allocations behind one lock: it helps the recurrent experiments, whose steps are long chains of
+small kernels (captioning 136 -> 98 ms per step, seq2seq 109 -> 90 ms), and slows the
+Transformer LM, whose threads allocate at once (36 -> 55 ms), so it is a config field
+(``single_malloc_arena``) that those experiments turn on.
 
 The experiments and ``benchmarks.train_step`` call it at start; a user's own training script can
 too. It changes the whole process's allocator (PyTorch in the same process included), so a
@@ -29,6 +34,7 @@ ENV = "ATTENTION_JAX_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_TOP_PAD = -2
+_M_ARENA_MAX = -8
 DEFAULT_TRIM_THRESHOLD = 1 << 30
 # A thread's heap is trimmed down to this much free space at its top (glibc: 128 KiB), so a
 # buffer freed there would be faulted in again: keep up to a whole thread heap (64 MiB).
@@ -47,10 +53,15 @@ def _glibc():
 
 
 def keep_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD,
-                      top_pad: int = DEFAULT_TOP_PAD) -> bool:
+                      top_pad: int = DEFAULT_TOP_PAD, single_arena: bool = False) -> bool:
   """Makes glibc's malloc keep freed memory for reuse: no ``mmap``-backed allocations, the main
   heap trimmed only when more than ``trim_threshold`` bytes at its top are free, and every heap
   grown and trimmed with ``top_pad`` bytes to spare.
+
+  With ``single_arena``, threads that have not allocated yet share the main heap (glibc's
+  ``M_ARENA_MAX`` = 1): call it before JAX starts its backend (before the first computation,
+  ``jax.devices()`` or ``jax.device_count()``), whose worker threads would otherwise each take a
+  heap of their own.
 
   Returns:
     Whether the allocator was changed: False when ``$ATTENTION_JAX_KEEP_FREED_MEMORY`` is 0,
@@ -63,6 +74,8 @@ def keep_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD,
   for name, value in (("trim_threshold", trim_threshold), ("top_pad", top_pad)):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
       raise ValueError(f"{name} must be an int in (0, 2**31) bytes, got {value!r}")
+  if not isinstance(single_arena, bool):
+    raise ValueError(f"single_arena must be True or False, got {single_arena!r}")
   if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no"):
     return False
   libc = _glibc()
@@ -71,4 +84,5 @@ def keep_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD,
   # mallopt returns 1 on success, 0 on a refused value.
   return (bool(libc.mallopt(_M_MMAP_MAX, 0))
           and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
-          and bool(libc.mallopt(_M_TOP_PAD, top_pad)))
+          and bool(libc.mallopt(_M_TOP_PAD, top_pad))
+          and (not single_arena or bool(libc.mallopt(_M_ARENA_MAX, 1))))

@@ -197,6 +197,10 @@ def run_experiment(run: Callable[[Any, str], Any], *, config_file: str, workdir:
         raise ConfigError(f"unexpected arguments: {argv[1:]}; flags take the form --name=value")
       run_workdir = workdir if flags.FLAGS.workdir is None else flags.FLAGS.workdir
       check_workdir(run_workdir)
+      # Before validate, whose mesh check starts JAX's backend and its worker threads: a thread
+      # keeps the malloc heap it first allocated from.
+      host_memory.keep_freed_memory(
+          single_arena=flags.FLAGS.config.get("single_malloc_arena", False) is True)
       if validate is not None:
         validate(flags.FLAGS.config)
     except (ValueError, TypeError) as e:
@@ -204,7 +208,6 @@ def run_experiment(run: Callable[[Any, str], Any], *, config_file: str, workdir:
         raise
       exit_with(str(e))
     quiet_libraries()
-    host_memory.keep_freed_memory()
     try:
       run(flags.FLAGS.config, run_workdir)
     except UserError as e:

@@ -28,6 +28,26 @@ for _ in range(10):
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
+# The malloc heaps (glibc arenas) in use after XLA's worker threads have run a program.
+HEAPS = """
+import ctypes, os, sys, tempfile
+from attention_jax.training import host_memory
+print(host_memory.keep_freed_memory(single_arena=sys.argv[1] == "1"))
+import jax, jax.numpy as jnp
+f = jax.jit(lambda a, b: jnp.tanh(a @ b) @ a)
+a, b = jnp.ones((3200, 8)), jnp.ones((8, 3200))
+for _ in range(3):
+  f(a, b).block_until_ready()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = tempfile.mktemp()
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(open(path).read().count("<heap nr="))
+os.remove(path)
+"""
+
 glibc_linux = pytest.mark.skipif(
     platform.system() != "Linux" or host_memory._glibc() is None, reason="needs Linux's glibc")
 
@@ -50,6 +70,26 @@ def test_the_temporary_buffer_is_reused_rather_than_faulted_in_every_run():
   changed, faults = _faults_per_run("0")
   assert not changed
   assert faults > 9000
+
+
+def _heaps(single_arena: bool) -> tuple[bool, int]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **{host_memory.ENV: "1"})
+  out = subprocess.run([sys.executable, "-c", HEAPS, str(int(single_arena))], env=env,
+                       capture_output=True, text=True, timeout=120, check=True).stdout.split()
+  return out[0] == "True", int(out[1])
+
+
+@glibc_linux
+def test_single_arena_puts_every_thread_on_the_main_heap():
+  assert _heaps(single_arena=True) == (True, 1)
+  # The control: XLA's worker threads each take a heap of their own.
+  changed, heaps = _heaps(single_arena=False)
+  assert changed and heaps > 1
+
+
+def test_single_arena_must_be_a_bool():
+  with pytest.raises(ValueError, match="single_arena must be True or False, got 1"):
+    training.keep_freed_memory(single_arena=1)
 
 
 @pytest.mark.parametrize("name", ["trim_threshold", "top_pad"])

@@ -15,7 +15,12 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 _SCRIPT = """
 import ctypes
 import json
+import os
 import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
 
 from absl import logging
 from tensorflow_datasets.core.utils import tqdm_utils
@@ -44,7 +49,30 @@ def large_malloc_is_mapped():
   return mapped
 
 
+def malloc_heaps():
+  # glibc's arenas in use (None: not glibc), after JAX's worker threads have run a program.
+  libc = host_memory._glibc()
+  if libc is None or not hasattr(libc, "malloc_info"):
+    return None
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b) @ a)
+  a, b = jnp.ones((3200, 8)), jnp.ones((8, 3200))
+  for _ in range(3):
+    f(a, b).block_until_ready()
+  libc.fopen.restype = ctypes.c_void_p
+  path = tempfile.mktemp()
+  stream = libc.fopen(path.encode(), b"w")
+  libc.malloc_info(0, ctypes.c_void_p(stream))
+  libc.fclose(ctypes.c_void_p(stream))
+  with open(path) as f:
+    heaps = f.read().count("<heap nr=")
+  os.remove(path)
+  return heaps
+
+
 def run(config, workdir):
+  if config.get("count_heaps"):
+    print(json.dumps({{"heaps": malloc_heaps()}}))
+    return
   print(json.dumps({{
       "num_steps": config.num_steps, "hidden": config.hidden, "workdir": workdir,
       "verbosity": logging.get_verbosity(), "tfds_progress_bar": tqdm_utils._active,
@@ -52,7 +80,8 @@ def run(config, workdir):
   }}))
 
 
-training.run_experiment(run, config_file={config_file!r}, workdir="runs/demo")
+training.run_experiment(run, config_file={config_file!r}, workdir="runs/demo",
+                        validate=training.validate_training_config)  # starts JAX
 print("after run_experiment", flush=True)  # never reached: absl's app.run exits
 """
 
@@ -68,6 +97,7 @@ def script(tmp_path_factory):
         config = training.default_training_config()
         config.num_steps = 3
         config.hidden = 16
+        config.count_heaps = False
         return config
       """))
   path = directory / "demo.py"
@@ -101,6 +131,15 @@ def test_large_blocks_are_mapped_when_keep_freed_memory_is_off(script):
   # The control of the check above: glibc's default maps a 40 MiB block.
   proc = _launch(script, env={"ATTENTION_JAX_KEEP_FREED_MEMORY": "0"})
   assert _result(proc)["large_malloc_mapped"] in (True, None)
+
+
+def test_the_config_puts_every_thread_on_one_malloc_heap_before_jax_starts(script):
+  # config.single_malloc_arena is applied before validate starts JAX's worker threads.
+  heaps = _result(_launch(script, "--config.count_heaps=True",
+                          "--config.single_malloc_arena=True"))["heaps"]
+  assert heaps in (1, None)
+  control = _result(_launch(script, "--config.count_heaps=True"))["heaps"]
+  assert control is None or control > 1
 
 
 def test_flags_override_the_workdir_config_fields_and_verbosity(script, tmp_path):
