@@ -18,7 +18,11 @@ are printed and must agree. The seq2seq and captioning peers start from our init
 fixed and random, of the config's shapes. Steps alternate between the two frameworks in rounds;
 the table gives the median rate per round and the ratio ours / PyTorch (above 1 = ours faster).
 The process keeps freed memory (:func:`attention_jax.training.keep_freed_memory`, as the
-experiments do; ``ATTENTION_JAX_KEEP_FREED_MEMORY=0`` for glibc's default). Like every benchmark
+experiments do; ``ATTENTION_JAX_KEEP_FREED_MEMORY=0`` for glibc's default), with one malloc heap
+for all threads where the config says so (``config.single_malloc_arena``; ``--single-arena``).
+The two frameworks share these settings, and what suits one can slow the other (PyTorch's
+captioning step is slower on one heap), so ``--only ours`` / ``--only torch`` time one framework
+in a process of its own, each with its best settings. Like every benchmark
 here it prints the load average and refuses to print a ratio measured on a
 busy machine (``--allow-load``, ``--wait-idle``; :mod:`benchmarks.load`).
 
@@ -31,6 +35,9 @@ busy machine (``--allow-load``, ``--wait-idle``; :mod:`benchmarks.load`).
   python -m benchmarks.train_step --experiment seq2seq --attention none
   python -m benchmarks.train_step --experiment captioning
   python -m benchmarks.train_step --experiment captioning --preset tiny --rounds 1 --steps 2
+  python -m benchmarks.train_step --experiment captioning --only ours
+  ATTENTION_JAX_KEEP_FREED_MEMORY=0 python -m benchmarks.train_step --experiment captioning \
+      --only torch                                     # PyTorch alone, glibc's default malloc
 
 PyTorch is an optional benchmark dependency: without it only our side is timed.
 """
@@ -79,6 +86,9 @@ def parse_args(argv=None):
                       help="every thread allocates from glibc's main heap "
                            "(config.single_malloc_arena; default: the preset's); the PyTorch "
                            "side, in the same process, shares it")
+  parser.add_argument("--only", choices=("ours", "torch"), default=None,
+                      help="time one framework alone, in a process with its own allocator "
+                           "settings (the two share one in a run with both)")
   parser.add_argument("--host-devices", type=int, default=None,
                       help="split the CPU into this many XLA host devices and run our step "
                            "data-parallel over them (one per core: each device's program runs "
@@ -107,13 +117,18 @@ def main():
       raise SystemExit(str(e).replace("--host_devices", "--host-devices")) from None
   if torch is not None and args.torch_threads:
     torch.set_num_threads(args.torch_threads)
-  peer = module.setup(config, args, with_torch=torch is not None)
+  if args.only == "torch" and torch is None:
+    raise SystemExit("--only torch needs PyTorch installed")
+  peer = module.setup(config, args, with_torch=torch is not None and args.only != "ours")
+  if args.only == "torch":
+    del peer.sides["ours"]
   if jax.device_count() > 1:
     if config.batch_size % jax.device_count():
       raise SystemExit(f"--host-devices {jax.device_count()} must divide the batch size "
                        f"{config.batch_size}")
-    ours = peer.sides["ours"]
-    peer.sides["ours"] = dataclasses.replace(ours, batch=common.split_batch(ours.batch))
+    if "ours" in peer.sides:
+      ours = peer.sides["ours"]
+      peer.sides["ours"] = dataclasses.replace(ours, batch=common.split_batch(ours.batch))
   sides, unit = peer.sides, peer.unit
   counts = {name: side.parameters for name, side in sides.items()}
   print(f"{peer.describe}; jax {jax.__version__} on {jax.devices()[0].platform}, torch "
@@ -121,11 +136,11 @@ def main():
         f"({torch.get_num_threads() if torch else 0} threads); "
         f"keep_freed_memory {kept} (single arena {config.single_malloc_arena}); {load.cpu()}")
   print("parameters: " + ", ".join(f"{name} {count:,}" for name, count in counts.items()))
-  if "torch" in counts and counts["ours"] != counts["torch"]:
+  if len(counts) == 2 and counts["ours"] != counts["torch"]:
     raise SystemExit(f"the models differ: {counts}")
 
   first = {name: side.step(side.batch) for name, side in sides.items()}  # compiles
-  if peer.same_start and "torch" in first:
+  if peer.same_start and len(first) == 2:
     print(f"first-step loss (same initial parameters): ours {first['ours']:.6f}, torch "
           f"{first['torch']:.6f}")
     if abs(first["ours"] - first["torch"]) > SAME_LOSS * abs(first["torch"]):
@@ -154,7 +169,7 @@ def main():
             **{f"{name} {unit}/s": statistics.median(r) for name, r in rates.items()},
             "rounds": rates}
   line = "  ".join(f"{name} {statistics.median(r):9.0f} {unit}/s" for name, r in rates.items())
-  if "torch" in rates:
+  if len(rates) == 2:
     result["ratio ours/torch"] = statistics.median(rates["ours"]) / statistics.median(
         rates["torch"])
     ratio = guard.ratio(statistics.median(rates["ours"]), statistics.median(rates["torch"]),

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import layers
+from attention_jax.layers import conv
 
 Array = jax.Array
 Dtype = Any
@@ -93,7 +94,7 @@ class ConvEncoder(nn.Module):
       x = _append_coordinates(x)
     for i, (features, stride) in enumerate(zip(self.channels, self.strides)):
       x = nn.Conv(features, (3, 3), strides=stride, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name=f"conv{i}")(x)
+                  conv_general_dilated=conv.conv_as_matmul, name=f"conv{i}")(x)
       if i < len(self.channels) - 1:
         x = nn.relu(x)
     if self.context_pool:
