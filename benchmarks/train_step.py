@@ -134,7 +134,8 @@ def main():
   print(f"{peer.describe}; jax {jax.__version__} on {jax.devices()[0].platform}, torch "
         f"{torch.__version__ if torch else 'not installed'} "
         f"({torch.get_num_threads() if torch else 0} threads); "
-        f"keep_freed_memory {kept} (single arena {config.single_malloc_arena}); {load.cpu()}")
+        f"keep_freed_memory {kept} (single arena {kept and config.single_malloc_arena}); "
+        f"{load.cpu()}")
   print("parameters: " + ", ".join(f"{name} {count:,}" for name, count in counts.items()))
   if len(counts) == 2 and counts["ours"] != counts["torch"]:
     raise SystemExit(f"the models differ: {counts}")
@@ -162,7 +163,7 @@ def main():
             "jax_devices": jax.device_count(),
             f"{unit}_per_step": peer.per_step, "parameters": counts,
             "flat_update": bool(config.flat_update), "keep_freed_memory": kept,
-            "single_malloc_arena": bool(config.single_malloc_arena),
+            "single_malloc_arena": kept and bool(config.single_malloc_arena),
             "cpu": load.cpu(),
             "torch_threads": torch.get_num_threads() if torch else None,
             "load_average_before": guard.before, "load_average": load.now(),

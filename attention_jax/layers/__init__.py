@@ -2,6 +2,7 @@
 
 from attention_jax.layers.additive import AdditiveAttention
 from attention_jax.layers.attention_layer import AttentionLayer
+from attention_jax.layers.conv import conv_as_matmul
 from attention_jax.layers.conv_attention import SelfAttention2D
 from attention_jax.layers.decoder_block import DecoderBlock
 from attention_jax.layers.mlp import MlpBlock
@@ -22,4 +23,5 @@ __all__ = [
     "SelfAttention2D",
     "SinusoidalPositionalEncoding",
     "TransformerBlock",
+    "conv_as_matmul",
 ]

@@ -12,9 +12,9 @@ glibc's 128 KiB. A worker thread's heap cannot exceed 64 MiB, so larger buffers 
 (the captioning step's 114 MB) are still mapped each time, unless ``single_arena`` makes every
 thread allocate from the main heap, which has no such limit. One heap serialises the threads'
 allocations behind one lock: it helps the recurrent experiments, whose steps are long chains of
-small kernels (captioning 136 -> 98 ms per step, seq2seq 109 -> 90 ms), and slows the
-Transformer LM, whose threads allocate at once (36 -> 55 ms), so it is a config field
-(``single_malloc_arena``) that those experiments turn on.
+small kernels (our step alone, idle: captioning 136-162 -> 98-103 ms, seq2seq 109-112 ->
+90-97 ms), and slows the Transformer LM, whose threads allocate at once (36-44 -> 49-55 ms), so
+it is a config field (``single_malloc_arena``) that those experiments turn on.
 
 The experiments and ``benchmarks.train_step`` call it at start; a user's own training script can
 too. It changes the whole process's allocator (PyTorch in the same process included), so a
