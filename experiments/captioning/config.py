@@ -5,8 +5,8 @@ r"""Config of experiments/captioning: Show, Attend and Tell on the shapes captio
 Presets (``config.py:<preset>``):
   default  ~3.5 min on an idle 2-core CPU (196 s of training). Expected (seeds 0-4, the lock):
            BLEU-4 99.89 +- 0.05, exact caption 99.6% +- 0.2%, attention mass on the cells
-           covering the named object's box 0.78 +- 0.10 (7.3x a uniform map; counted over pixels 0.60 +- 0.12; shape words on
-           the box's cells 0.79; seed 0: 0.872 and 0.710).
+           covering the named object's box 0.78 +- 0.10 (7.3x a uniform map; counted over
+           pixels 0.60 +- 0.12; shape words on the box's cells 0.79; seed 0: 0.872 and 0.710).
   tiny     seconds; the tests use it.
   gpu      a wider model, 10,000 steps (GPU/TPU).
   coco     TFDS ``coco_captions`` through ``tfds.data_source`` (internet to prepare; GPU advised).
