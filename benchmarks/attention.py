@@ -208,7 +208,8 @@ def run_memory(lengths):
   rows = []
   for length in lengths:
     row = {"length": length}
-    for implementation in ("flash", "reference"):
+    native = ("cpu_flash",) if cpu_flash.available() else ()
+    for implementation in (*native, "flash", "reference"):
       # The reference path holds a few [L, L] float32 arrays (logits, weights, their gradients).
       needed = 3 * length * length * 4
       if implementation == "reference" and needed > 0.8 * available_bytes():
