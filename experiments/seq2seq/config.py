@@ -3,9 +3,10 @@ r"""Config of experiments/seq2seq: RNN encoder-decoders with and without attenti
   python -m experiments.seq2seq --config=experiments/seq2seq/config.py --workdir=runs/seq2seq
 
 Presets (``config.py:<preset>``):
-  default  both models on a 2-core CPU, ~9 min idle (190 s + 318 s of training). Expected (seed 0, the lock): test exact match
-           96.7% without attention (``none``), 99.6% with additive attention; on ``test_long``
-           (inputs longer than any seen in training) 86.9% and 97.9%.
+  default  both models on a 2-core CPU, ~9 min idle (190 s + 318 s of training). Expected
+           (seed 0, the lock): test exact match 96.7% without attention (``none``), 99.6% with
+           additive attention; on ``test_long`` (inputs longer than any seen in training) 86.9%
+           and 97.9%.
   quick    600 steps, 500 test examples: both curves, ~3 min.
   tiny     seconds; the tests use it.
   gpu      wider LSTMs, beam search, 20,000 steps, and the dot-product variant too (GPU/TPU).
