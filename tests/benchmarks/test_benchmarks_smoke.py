@@ -35,6 +35,22 @@ def test_the_benchmark_scripts_run(module, argv, expect, monkeypatch, capsys):
   assert expect in out and "load average" in out
 
 
+@pytest.mark.parametrize("only", ["ours", "torch"])
+def test_train_step_times_one_framework_alone(only, monkeypatch, capsys, tmp_path):
+  """``--only``: one side built, timed and written, no ratio."""
+  import json
+  if only == "torch":
+    pytest.importorskip("torch")
+  out = tmp_path / "result.json"
+  monkeypatch.setattr(sys, "argv", ["train_step", "--preset", "tiny", "--rounds", "1",
+                                    "--steps", "1", "--only", only, "--out", str(out)])
+  train_step.main()
+  assert f"parameters: {only} " in capsys.readouterr().out
+  result = json.loads(out.read_text())
+  assert list(result["parameters"]) == [only] and result[f"{only} tokens/s"] > 0
+  assert "ratio ours/torch" not in result and result["single_malloc_arena"] is False
+
+
 @pytest.mark.slow  # the driver runs in the default suite with the LM (above)
 @pytest.mark.parametrize("experiment", ["seq2seq", "captioning"])
 def test_train_step_runs_each_experiment_on_our_side_alone(experiment, monkeypatch, capsys,
