@@ -34,7 +34,7 @@ install: $(KERNEL)
 demo: $(KERNEL)
 	$(PY) -m experiments.seq2seq --config=experiments/seq2seq/config.py:quick --workdir=runs/seq2seq_quick
 
-# The default config (about 10 minutes of training per model on a 2-core CPU).
+# The default config (about 9 minutes in all on an idle 2-core CPU).
 demo-full: $(KERNEL)
 	$(PY) -m experiments.seq2seq --config=experiments/seq2seq/config.py --workdir=runs/seq2seq
 
