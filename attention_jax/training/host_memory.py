@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import tempfile
 
 ENV = "ATTENTION_JAX_KEEP_FREED_MEMORY"
 # glibc's malloc.h parameter numbers.
@@ -86,3 +87,17 @@ def keep_freed_memory(trim_threshold: int = DEFAULT_TRIM_THRESHOLD,
           and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
           and bool(libc.mallopt(_M_TOP_PAD, top_pad))
           and (not single_arena or bool(libc.mallopt(_M_ARENA_MAX, 1))))
+
+
+def malloc_heaps() -> int | None:
+  """How many glibc malloc heaps (arenas) the process has (1 when every thread shares the main
+  heap); None when the C library is not glibc."""
+  libc = _glibc()
+  if libc is None or not hasattr(libc, "malloc_info"):
+    return None
+  libc.fopen.restype = ctypes.c_void_p
+  with tempfile.NamedTemporaryFile("r", suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    return report.read().count("<heap nr=")
